@@ -1,0 +1,97 @@
+"""The learned codec as users call it: PIL images in, bitstream containers out, and back."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from latentzip.codecs import bitstream
+from latentzip.codecs.checkpoint import load_model
+from latentzip.codecs.hyperprior import ScaleHyperprior
+from latentzip.codecs.images import pad_to_multiple, padded_size, to_pil, to_rgb8, to_tensor
+
+
+class LearnedCodec:
+    """A trained hyperprior with ``encode``/``decode`` on PIL images.
+
+    ``encode_batch`` groups images by padded size so each ``compress`` call is one dense batch;
+    ``max_batch`` bounds the batch (memory grows with batch x pixels).
+    """
+
+    kind = "learned"
+
+    def __init__(self, model: ScaleHyperprior, card: dict, name: str | None = None,
+                 device: str | torch.device = "cpu", max_batch: int = 16):
+        self.model = model.to(device).eval()
+        self.card = card
+        self.model_id = bytes.fromhex(card["model_id"])
+        self.name = name or f"{model.config.arch}-{card['model_id'][:8]}"
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+
+    @classmethod
+    def from_path(cls, directory: str | Path, name: str | None = None, **options) -> "LearnedCodec":
+        model, card = load_model(directory)
+        return cls(model, card, name=name, **options)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def encode(self, image: Image.Image) -> bytes:
+        return self.encode_batch([image])[0]
+
+    def decode(self, data: bytes) -> Image.Image:
+        return self.decode_batch([data])[0]
+
+    def encode_batch(self, images: list[Image.Image]) -> list[bytes]:
+        tensors = [to_tensor(to_rgb8(image)) for image in images]
+        groups = defaultdict(list)
+        for index, x in enumerate(tensors):
+            groups[padded_size(*x.shape[-2:], self.model.stride)].append(index)
+        out: list[bytes | None] = [None] * len(tensors)
+        for indexes in groups.values():
+            for start in range(0, len(indexes), self.max_batch):
+                chunk = indexes[start : start + self.max_batch]
+                batch = torch.cat([pad_to_multiple(tensors[i][None], self.model.stride) for i in chunk])
+                coded = self.model.compress(batch.to(self.device))
+                for j, i in enumerate(chunk):
+                    height, width = tensors[i].shape[-2:]
+                    out[i] = bitstream.pack(bitstream.Bitstream(
+                        self.model_id, height, width, coded["shape"],
+                        tuple(strings[j] for strings in coded["strings"]),
+                    ))
+        return out
+
+    def decode_batch(self, streams: list[bytes]) -> list[Image.Image]:
+        """Decode streams of this model; raises a :class:`~latentzip.codecs.bitstream.BitstreamError` subclass."""
+        return [to_pil(x) for x in self.decode_tensors(streams)]
+
+    def decode_tensors(self, streams: list[bytes]) -> list[torch.Tensor]:
+        parsed = [self._parse(data) for data in streams]
+        groups = defaultdict(list)
+        for index, stream in enumerate(parsed):
+            groups[stream.latent_shape].append(index)
+        out: list[torch.Tensor | None] = [None] * len(parsed)
+        for shape, indexes in groups.items():
+            for start in range(0, len(indexes), self.max_batch):
+                chunk = indexes[start : start + self.max_batch]
+                strings = [[parsed[i].strings[k] for i in chunk] for k in range(2)]
+                x_hat = self.model.decompress(strings, shape)["x_hat"].cpu()
+                for j, i in enumerate(chunk):
+                    out[i] = x_hat[j, :, : parsed[i].height, : parsed[i].width]
+        return out
+
+    def _parse(self, data: bytes) -> bitstream.Bitstream:
+        stream = bitstream.unpack(data, expected_model_id=self.model_id)
+        padded_h, padded_w = padded_size(stream.height, stream.width, self.model.stride)
+        if len(stream.strings) != 2 or stream.latent_shape != (padded_h // self.model.stride, padded_w // self.model.stride):
+            raise bitstream.MalformedStreamError(
+                f"stream for a {stream.height}x{stream.width} image has hyper-latent shape "
+                f"{stream.latent_shape} and {len(stream.strings)} strings; expected "
+                f"{(padded_h // self.model.stride, padded_w // self.model.stride)} and 2"
+            )
+        return stream

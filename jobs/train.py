@@ -1,0 +1,86 @@
+"""``python -m latentzip.jobs.train DATA --out DIR``: train a learned codec on Ray Train.
+
+DATA is a folder of images or ingest's Parquet shards. Settings come from the TrainConfig defaults, then
+--config FILE.toml (flat keys named like the TrainConfig fields, e.g. steps = 5000, min_scale = 0.5), then
+the flags given here. Rerunning with the same --out resumes from the last checkpoint; raise --steps to
+train further.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+from latentzip.codecs.hyperprior import ARCHITECTURES
+
+#: flag destination -> TrainConfig field, for the flags that override the config.
+_FIELDS = {
+    "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",
+    "patch_size": "patch_size", "workers": "num_workers", "gpu": "use_gpu", "checkpoint_every": "checkpoint_every",
+    "lr": "lr", "seed": "seed", "validate_every": "validate_every",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentzip-train", description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="folder of images (searched recursively), or a folder of Parquet shards")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder: checkpoints in OUT/ray, the codec in OUT/codec, OUT/metrics.jsonl")
+    parser.add_argument("--config", type=Path, metavar="FILE.toml",
+                        help="TOML file of TrainConfig fields; flags given on the command line win")
+    parser.add_argument("--arch", choices=ARCHITECTURES, help="codec architecture (default scale-hyperprior)")
+    parser.add_argument("--N", type=int, help="hidden and hyper-latent channels (default 128)")
+    parser.add_argument("--M", type=int, help="latent channels (default 192)")
+    parser.add_argument("--lmbda", type=float,
+                        help="rate-distortion trade-off: loss = lmbda * 255^2 * MSE + bpp (default 0.013)")
+    parser.add_argument("--steps", type=int, help="total optimiser steps, counting resumed ones (default 10000)")
+    parser.add_argument("--batch-size", type=int, help="patches per step per worker (default 8)")
+    parser.add_argument("--patch-size", type=int, help="training patch side, a multiple of 64 (default 256)")
+    parser.add_argument("--workers", type=int, help="Ray Train workers, one DDP process each (default 2)")
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="one GPU per worker (default: use GPUs if the Ray cluster has any)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate of the network (default 1e-4)")
+    parser.add_argument("--seed", type=int, help="seed of the initial weights and the patch sampling (default 0)")
+    parser.add_argument("--val", help="validation images (folder or shards), evaluated whole on rank 0")
+    parser.add_argument("--validate-every", type=int, help="steps between validations (default 0: never)")
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, gpus_available: bool):
+    """TrainConfig from defaults < TOML file < flags; ``use_gpu`` left unset means: if the cluster has GPUs."""
+    from latentzip.pipeline.training import TrainConfig
+
+    values = tomllib.loads(args.config.read_text()) if args.config else {}
+    values.update({field: getattr(args, dest) for dest, field in _FIELDS.items() if getattr(args, dest) is not None})
+    values.setdefault("use_gpu", gpus_available)
+    return TrainConfig.from_dict(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from latentzip.pipeline.raycluster import cluster_gpus, ensure_ray
+    from latentzip.pipeline.training import train
+
+    try:
+        ensure_ray(address=args.address)
+        config = resolve_config(args, cluster_gpus() > 0)
+        result = train(args.data, args.out, config, val=args.val)
+    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+        print(f"latentzip-train: error: {exc}", file=sys.stderr)
+        return 2
+    metrics = result.metrics
+    print(f"trained {result.steps} steps (resumed from {result.start_step}) in {result.wall_s:.0f} s: "
+          f"loss {metrics.get('loss', float('nan')):.4f}, bpp {metrics.get('bpp', float('nan')):.3f}, "
+          f"PSNR {metrics.get('psnr_db', float('nan')):.2f} dB")
+    print(f"codec written to {result.codec_dir} (model id {result.model_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

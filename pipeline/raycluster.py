@@ -1,0 +1,30 @@
+"""Starting or joining Ray: the one place that calls ``ray.init``.
+
+With no address an embedded local cluster starts in this process (what `make demo` uses). With an
+address (``auto``, ``ray://…`` or ``host:port``) the job joins that cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray unless it already is. ``num_cpus`` only applies to a new embedded cluster."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {"include_dashboard": False, "log_to_driver": True}
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(address=address, **kwargs)
+
+
+def cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))

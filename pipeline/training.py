@@ -1,0 +1,459 @@
+"""Train: a folder of images (or ingest's Parquet shards) -> a codec directory, on Ray Train.
+
+Every Ray Train worker decodes its share of the images (``rank::world_size``) into memory once, then
+samples random patches: a random downscale in ``[min_scale, 1]``, a random ``patch_size`` crop, a random
+horizontal flip. The loop follows CompressAI's ``examples/train.py``: one Adam optimiser for the network,
+one for the entropy bottleneck's ``quantiles`` (the "aux" loss), ``loss = lmbda * 255**2 * MSE + bpp``.
+The network is wrapped in DDP (gloo on CPU); the aux loss bypasses DDP, so the quantiles' gradients are
+averaged by hand.
+
+Checkpoints (``model.safetensors``, ``optimizer.pt``, ``train_state.json``, ``metrics.jsonl``) are written
+by rank 0 every ``checkpoint_every`` steps and at the end, under ``<out_dir>/ray/train``. Restoring: in
+Ray 2.60 (Train V2) the controller keeps ``checkpoint_manager_snapshot.json`` in the run folder
+(``RunConfig(storage_path, name)``); a new ``fit()`` with the same storage path and name loads it, and
+``ray.train.get_checkpoint()`` then returns the latest checkpoint. So rerunning the same command on the same
+``out_dir`` resumes; a larger ``steps`` continues from the last saved step. Worker failures restart the
+group from the latest checkpoint too (``FailureConfig(max_failures)``).
+
+Finally the driver loads the last checkpoint into a fresh model and exports it with
+:func:`~latentzip.codecs.checkpoint.export_codec` to ``<out_dir>/codec``, and writes every reported metrics
+row to ``<out_dir>/metrics.jsonl``. The history travels inside the checkpoints, so it survives restarts.
+
+Paths (data, ``out_dir``) must be readable by every worker: local disks on one machine, or a shared file
+system on a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from latentzip.codecs.checkpoint import export_codec
+from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
+from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
+from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
+from latentzip.pipeline.shards import list_files, shard_paths
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".jxl",
+                    ".ppm", ".pgm", ".pnm"}
+RUN_NAME = "train"
+WEIGHTS, OPTIMIZER, STATE, HISTORY = "model.safetensors", "optimizer.pt", "train_state.json", "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``batch_size`` is per worker."""
+
+    arch: str = "scale-hyperprior"
+    N: int = 128
+    M: int = 192
+    lmbda: float = 0.0130
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    batch_size: int = 8
+    patch_size: int = 256
+    steps: int = 10_000
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    clip_max_norm: float = 1.0
+    num_workers: int = 2
+    cpus_per_worker: int | None = None  # None: the cluster's CPUs split evenly over the workers
+    use_gpu: bool = False
+    seed: int = 0
+    max_side: int = 1024
+    min_scale: float = 0.5
+    validate_every: int = 0
+    max_failures: int = 0
+
+    def __post_init__(self):
+        CodecConfig(self.arch, self.N, self.M)  # validates arch and widths
+        for name in ("batch_size", "patch_size", "steps", "checkpoint_every", "log_every", "num_workers",
+                     "max_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patch_size % ScaleHyperprior.stride:
+            raise ValueError(f"patch_size must be a multiple of {ScaleHyperprior.stride}, got {self.patch_size}")
+        if not 0 < self.min_scale <= 1:
+            raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
+        if self.validate_every < 0 or self.max_failures < 0:
+            raise ValueError("validate_every and max_failures must not be negative")
+
+    @property
+    def codec_config(self) -> CodecConfig:
+        return CodecConfig(self.arch, self.N, self.M)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    codec_dir: Path
+    model_id: str
+    steps: int
+    start_step: int  # where this call resumed from (0: a fresh run)
+    metrics: dict
+    wall_s: float
+    metrics_path: Path
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where images come from: ``kind`` is ``"files"`` (image paths) or ``"parquet"`` (shard paths)."""
+
+    kind: str
+    paths: tuple[str, ...]
+    count: int
+    location: str
+
+
+def resolve_data(data) -> ImageSource:
+    """Sniff ``data``: a folder with ``*.parquet`` or Parquet paths -> shards; else a folder of images."""
+    if isinstance(data, (list, tuple)):
+        paths = [Path(p).resolve() for p in data]
+        location = ", ".join(map(str, paths))
+    else:
+        location = Path(data).resolve()
+        if not location.exists():
+            raise FileNotFoundError(f"training data {location} does not exist")
+        if location.is_dir() and not any(location.glob("*.parquet")):
+            files = [p for p in list_files(location) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                raise FileNotFoundError(f"no images in {location}")
+            return ImageSource("files", tuple(map(str, files)), len(files), str(location))
+        paths = shard_paths(location)
+    count = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    if count == 0:
+        raise FileNotFoundError(f"no images in {location}")
+    return ImageSource("parquet", tuple(map(str, paths)), count, str(location))
+
+
+def _say(line: str) -> None:
+    # Not print(): in a Train V2 worker print() both logs and echoes, so every line came out twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _share(count: int, rank: int, world: int) -> list[int]:
+    # With fewer images than workers, a worker reuses one image rather than training on nothing.
+    return list(range(rank, count, world)) or [rank % count]
+
+
+def _encoded_images(source: ImageSource, wanted: set[int]):
+    """Yield the encoded bytes (or path) of each wanted image; Parquet rows are streamed, not all held."""
+    if source.kind == "files":
+        yield from (source.paths[i] for i in sorted(wanted))
+        return
+    index = 0
+    for path in source.paths:
+        for batch in pq.ParquetFile(path).iter_batches(columns=["image"], batch_size=64):
+            for data in batch.column("image").to_pylist():
+                if index in wanted:
+                    yield data
+                index += 1
+
+
+def load_images(source: ImageSource, rank: int = 0, world: int = 1, max_side: int = 1024) -> list[torch.Tensor]:
+    """This worker's share of the images as uint8 (3, H, W) tensors, the longer side at most ``max_side``."""
+    images = []
+    for data in _encoded_images(source, set(_share(source.count, rank, world))):
+        try:
+            image = load_image(data)
+        except UnsupportedImageError as exc:
+            _say(f"train: skipping unreadable image: {exc}")
+            continue
+        if max(image.size) > max_side:
+            factor = max_side / max(image.size)
+            size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+    if not images:
+        raise ValueError(f"worker {rank} has no readable images from {source.location}")
+    return images
+
+
+class PatchSampler:
+    """Random training patches: downscale by a factor in [min_scale, 1], square crop, horizontal flip."""
+
+    def __init__(self, images: list[torch.Tensor], patch: int, min_scale: float, rng: np.random.Generator):
+        self.images, self.patch, self.min_scale, self.rng = images, patch, min_scale, rng
+
+    def batch(self, size: int) -> torch.Tensor:
+        return torch.stack([self._one() for _ in range(size)])
+
+    def _one(self) -> torch.Tensor:
+        image = self.images[self.rng.integers(len(self.images))]
+        _, height, width = image.shape
+        # Cut a window of patch/scale pixels and resize it to the patch: cheaper than resizing the image.
+        # Images smaller than that window give their largest square, which is then upscaled.
+        side = min(height, width, max(1, round(self.patch / self.rng.uniform(self.min_scale, 1.0))))
+        top, left = self.rng.integers(height - side + 1), self.rng.integers(width - side + 1)
+        crop = image[None, :, top : top + side, left : left + side].float().div_(255.0)
+        if side != self.patch:
+            crop = F.interpolate(crop, size=(self.patch, self.patch), mode="bilinear", align_corners=False,
+                                 antialias=side > self.patch).clamp_(0, 1)
+        if self.rng.random() < 0.5:
+            crop = crop.flip(-1)
+        return crop[0]
+
+
+# -- one worker -------------------------------------------------------------------------------------
+
+def bits_per_pixel(likelihoods: dict, x: torch.Tensor) -> torch.Tensor:
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    return sum(-torch.log2(lik).sum() for lik in likelihoods.values()) / pixels
+
+
+def _optimizers(module: torch.nn.Module, config: TrainConfig):
+    # As in CompressAI's train.py: the quantiles are trained by the aux loss alone, with their own Adam.
+    params = dict(module.named_parameters())
+    aux = [n for n in params if n.endswith(".quantiles")]
+    net = [n for n in params if n not in aux]
+    return (torch.optim.Adam([params[n] for n in net], lr=config.lr),
+            torch.optim.Adam([params[n] for n in aux], lr=config.aux_lr))
+
+
+def _params(optimizers) -> list[list[torch.nn.Parameter]]:
+    return [[p for g in opt.param_groups for p in g["params"]] for opt in optimizers]
+
+
+def _train_step(model, module, x, optimizers, config: TrainConfig, world: int) -> torch.Tensor:
+    """One optimiser step of both losses. Returns detached (loss, mse, bpp, aux_loss)."""
+    (net_opt, aux_opt), (net_params, quantiles) = optimizers, _params(optimizers)
+    net_opt.zero_grad(set_to_none=True)
+    aux_opt.zero_grad(set_to_none=True)
+    out = model(x)
+    mse, bpp = F.mse_loss(out["x_hat"], x), bits_per_pixel(out["likelihoods"], x)
+    loss = config.lmbda * 255**2 * mse + bpp
+    loss.backward()
+    if config.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(net_params, config.clip_max_norm)
+    net_opt.step()
+    aux_loss = module.aux_loss()
+    # autograd.grad, not backward(): backward() would fire DDP's gradient hooks outside a DDP forward,
+    # which breaks its unused-parameter bookkeeping on the next step. DDP never sees these gradients, so
+    # they are averaged over the workers here.
+    for p, grad in zip(quantiles, torch.autograd.grad(aux_loss, quantiles)):
+        if world > 1:
+            torch.distributed.all_reduce(grad)
+            grad.div_(world)
+        p.grad = grad
+    aux_opt.step()
+    return torch.stack([loss, mse, bpp, aux_loss]).detach()
+
+
+def _summarise(sums: torch.Tensor, count: int, world: int) -> dict:
+    """Mean of (loss, mse, bpp, aux_loss) over the last ``count`` steps of every worker."""
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    loss, mse, bpp, aux = (sums / (count * world)).tolist()
+    psnr = 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
+    return {"loss": loss, "mse": mse, "bpp": bpp, "psnr_db": psnr, "aux_loss": aux}
+
+
+@torch.no_grad()
+def evaluate(module: ScaleHyperprior, images: list[torch.Tensor], lmbda: float) -> dict:
+    """Whole-image validation in eval mode (rounded latents): mean loss, bpp and PSNR."""
+    module.eval()
+    totals = np.zeros(3)
+    device = next(module.parameters()).device
+    for image in images:
+        x = image[None].float().div(255.0).to(device)
+        out = module(pad_to_multiple(x, module.stride))
+        mse = F.mse_loss(out["x_hat"][..., : x.shape[2], : x.shape[3]].clamp(0, 1), x).item()
+        bpp = bits_per_pixel(out["likelihoods"], x).item()
+        totals += (lmbda * 255**2 * mse + bpp, bpp, 10 * math.log10(1.0 / max(mse, 1e-10)))
+    module.train()
+    loss, bpp, psnr = totals / len(images)
+    return {"val_loss": loss, "val_bpp": bpp, "val_psnr_db": psnr}
+
+
+def _hardware(device: torch.device, threads: int) -> dict:
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
+    return {"device": str(device), **gpu, "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "torch": torch.__version__}
+
+
+def _save_checkpoint(directory: Path, module, optimizers, state: dict, history: list[dict]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+              str(directory / WEIGHTS))
+    torch.save({"net": optimizers[0].state_dict(), "aux": optimizers[1].state_dict(), "step": state["step"]},
+               directory / OPTIMIZER)
+    (directory / STATE).write_text(json.dumps(state, indent=2) + "\n")
+    (directory / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def read_checkpoint(directory: Path) -> tuple[dict, dict, list[dict]]:
+    """(weights, train state, metrics history) from a training checkpoint directory."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    history = [json.loads(line) for line in (directory / HISTORY).read_text().splitlines()]
+    return load_file(str(directory / WEIGHTS)), json.loads((directory / STATE).read_text()), history
+
+
+def _restore(module, optimizers) -> tuple[dict, list[dict]]:
+    """Load the latest Ray Train checkpoint, if any, into the model and optimisers."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"step": 0, "train_time_s": 0.0}, []
+    with checkpoint.as_directory() as directory:
+        weights, state, history = read_checkpoint(directory)
+        module.load_state_dict(weights)  # CompressAI's: resizes the entropy-coder buffers first
+        saved = torch.load(Path(directory) / OPTIMIZER, weights_only=True)
+    optimizers[0].load_state_dict(saved["net"])
+    optimizers[1].load_state_dict(saved["aux"])
+    return state, history
+
+
+def _report(row: dict, rank: int, checkpoint_args=None) -> None:
+    """Every rank reports (it is a barrier); only rank 0 attaches the checkpoint it wrote."""
+    import ray.train
+
+    if checkpoint_args is None or rank != 0:
+        ray.train.report(row)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_checkpoint(Path(tmp), *checkpoint_args)
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_{row['step']:08d}")
+
+
+def _progress_line(row: dict, steps: int) -> str:
+    eta = (steps - row["step"]) / row["steps_per_s"] if row["steps_per_s"] > 0 else math.inf
+    eta_text = f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}" if math.isfinite(eta) else "?"
+    line = (f"train: step {row['step']}/{steps} loss {row['loss']:.4f} bpp {row['bpp']:.3f} "
+            f"psnr {row['psnr_db']:.2f} dB {row['steps_per_s']:.2f} steps/s ETA {eta_text}")
+    return line + (f" | val psnr {row['val_psnr_db']:.2f} dB bpp {row['val_bpp']:.3f}" if "val_bpp" in row else "")
+
+
+def train_worker(loop_config: dict) -> dict:
+    """The Ray Train loop run by each worker (see the module docstring)."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig.from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(loop_config["threads"])
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    module = build_model(config.codec_config)
+    model = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
+    module = model.module if hasattr(model, "module") else model
+    optimizers = _optimizers(module, config)
+    state, history = _restore(module, optimizers)
+    start = state["step"]
+    if start >= config.steps:
+        return {"start_step": start}
+
+    images = load_images(ImageSource(**loop_config["data"]), rank, world, config.max_side)
+    val_images = load_images(ImageSource(**loop_config["val"]), max_side=config.max_side) \
+        if loop_config["val"] and rank == 0 else []
+    # Seeded by step too, so a resumed run does not replay the crops it has already trained on.
+    rng = np.random.default_rng([config.seed, rank, start])
+    sampler = PatchSampler(images, config.patch_size, config.min_scale, rng)
+    hardware = _hardware(device, loop_config["threads"])
+    sums, count, tick, train_time = torch.zeros(4, device=device), 0, time.perf_counter(), state["train_time_s"]
+
+    for step in range(start + 1, config.steps + 1):
+        sums += _train_step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world)
+        count += 1
+        validate = config.validate_every and step % config.validate_every == 0
+        save = step % config.checkpoint_every == 0 or step == config.steps
+        if not (save or validate or step % config.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - tick
+        row = {"step": step, **_summarise(sums, count, world), "steps_per_s": count / elapsed}
+        if validate and rank == 0:
+            row.update(evaluate(module, val_images, config.lmbda))
+        train_time += elapsed
+        history.append(row)
+        if rank == 0:
+            _say(_progress_line(row, config.steps))
+        state = {"step": step, "train_time_s": train_time, "world_size": world, "hardware": hardware}
+        _report(row, rank, (module, optimizers, state, history) if save else None)
+        sums, count, tick = torch.zeros(4, device=device), 0, time.perf_counter()
+    return {"start_step": start}  # rank 0's return value reaches the driver as Result.return_value
+
+
+# -- the driver -------------------------------------------------------------------------------------
+
+def _trainer(config: TrainConfig, out_dir: Path, loop_config: dict):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": loop_config["threads"], **({"GPU": 1} if config.use_gpu else {})}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            storage_path=str(out_dir / "ray"), name=RUN_NAME,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def train(data, out_dir: str | Path, config: TrainConfig, val=None) -> TrainResult:
+    """Train (or resume training) on ``data`` and export the codec to ``<out_dir>/codec``."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.validate_every and val is None:
+        raise ValueError("validate_every needs validation images (val=...)")
+    source = resolve_data(data)
+    val_source = resolve_data(val) if val is not None else None
+    ensure_ray()
+    threads = config.cpus_per_worker or max(1, cluster_cpus() // config.num_workers)
+    loop_config = {"config": config.to_dict(), "threads": threads, "data": dataclasses.asdict(source),
+                   "val": dataclasses.asdict(val_source) if val_source else None}
+
+    started = time.perf_counter()
+    result = _trainer(config, out_dir, loop_config).fit()
+    wall_s = time.perf_counter() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"training under {out_dir} finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        weights, state, history = read_checkpoint(directory)
+
+    model = build_model(config.codec_config)
+    model.load_state_dict(weights)
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    final = history[-1] if history else {}
+    start_step = (result.return_value or {}).get("start_step", 0)
+    card = {"training": config.to_dict(), "steps": state["step"], "resumed_from_step": start_step,
+            "final_metrics": final, "wall_time_s": wall_s, "train_time_s": state["train_time_s"],
+            "num_workers": state.get("world_size"), "hardware": state.get("hardware", {}),
+            "data": {"source": source.location, "kind": source.kind, "images": source.count}}
+    model_id = export_codec(model, out_dir / "codec", card=card)
+    return TrainResult(out_dir / "codec", model_id.hex(), state["step"], start_step, final, wall_s,
+                       out_dir / "metrics.jsonl")
