@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from latentzip.codecs.images import load_image, to_rgb8
+from latentzip.codecs.images import UnsupportedImageError, load_image, to_rgb8
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,10 @@ class ClassicalCodec:
         if self.name == "jpegxl":
             import imagecodecs
 
-            return Image.fromarray(imagecodecs.jpegxl_decode(data)).convert("RGB")
+            try:
+                return to_rgb8(Image.fromarray(imagecodecs.jpegxl_decode(data)))
+            except (imagecodecs.JpegxlError, ValueError, TypeError) as exc:
+                raise UnsupportedImageError(f"not a readable JPEG XL stream: {exc}") from exc
         return load_image(data)
 
     def encode_batch(self, images):

@@ -210,6 +210,8 @@ class ArchiveWriter(Archive):
             array.resize((count + len(fresh),))
             array[count : count + len(fresh)] = np.asarray(values, dtype=_ITEM_ARRAYS[name])
         self.meta["count"] = count + len(fresh)
+        # An id that failed in an earlier job and is now encoded is no longer a failure.
+        self.meta["failures"] = [f for f in self.meta["failures"] if f["id"] not in seen]
         self._commit()
         for i, item in enumerate(fresh):
             self.ids.append(item.id)

@@ -1,6 +1,6 @@
 """Decode: archived bitstreams -> images, one id on demand or a whole archive as a Ray Data job.
 
-Batch decode writes ``<out>/<id>.png`` (the id's folders recreated, extension replaced) through a
+Batch decode writes ``<out>/<id>.png`` (the id's folders recreated, ".png" appended to its name) through a
 temporary name and a rename, so a PNG that exists is complete and a rerun skips it.
 """
 
@@ -22,7 +22,8 @@ def output_path(out_dir: Path, item_id: str) -> Path:
     relative = Path(item_id)
     if relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"id {item_id!r} cannot name a file inside the output folder")
-    return out_dir / relative.with_suffix(".png")
+    # The id's own extension is kept ("a.jpg" -> "a.jpg.png") so "a.jpg" and "a.png" cannot collide.
+    return out_dir / relative.with_name(relative.name + ".png")
 
 
 def decode_to_file(archive, item_id: str, out_path: Path) -> Path:
@@ -73,7 +74,7 @@ def decode_archive(archive: str | Path, out_dir: str | Path, ids: list[str] | No
     started = time.perf_counter()
     out_dir = Path(out_dir)
     reader = open_archive(archive)
-    wanted = reader.ids if ids is None else list(ids)
+    wanted = reader.ids if ids is None else list(dict.fromkeys(ids))
     for item_id in wanted:
         reader.position(item_id)  # a missing id fails here, before any work, naming the id
     todo = [i for i in wanted if not output_path(out_dir, i).exists()]

@@ -110,7 +110,11 @@ def encode(shards: str | Path, archive: str | Path, model_ref: str, batch_size: 
     job_id = uuid.uuid4().hex[:12]
     writer.start_job(job_id, {"shards": [str(p) for p in paths], "model_ref": str(model_ref)})
 
-    shard_ids = [i for p in paths for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+    shard_ids, shard_of = [], {}
+    for path in paths:
+        ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        shard_ids.extend(ids)
+        shard_of.update(dict.fromkeys(ids, str(path)))
     done_ids = set(writer.ids) & set(shard_ids)
     total = len(shard_ids)
     gpus, cpus = cluster_gpus(), cluster_cpus()
@@ -121,7 +125,7 @@ def encode(shards: str | Path, archive: str | Path, model_ref: str, batch_size: 
         summary = EncodeSummary(str(archive), job_id, 0, total, 0, 0, 0, time.perf_counter() - started)
         writer.finish_job({"images": 0, "skipped": total, "failures": 0})
         return summary
-    ds = ray.data.read_parquet([str(p) for p in paths], columns=["id", "image", "source"])
+    ds = ray.data.read_parquet([str(p) for p in paths]).select_columns(["id", "image", "source"])
     if done_ids:
         ds = ds.filter(lambda row: row["id"] not in done_ids)
     ds = ds.map_batches(
@@ -137,8 +141,10 @@ def encode(shards: str | Path, archive: str | Path, model_ref: str, batch_size: 
     images = failures = num_bytes = pixels = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         ok = [i for i, error in enumerate(batch["error"]) if not error]
+        # An item's source is its shard (the archive's "sources" lists shards, not one entry per file: a
+        # per-file list would grow the group attributes, rewritten at every commit, with every image).
         items = [Item(str(batch["id"][i]), bytes(batch["data"][i]), int(batch["height"][i]),
-                      int(batch["width"][i]), str(batch["source"][i])) for i in ok]
+                      int(batch["width"][i]), shard_of[str(batch["id"][i])]) for i in ok]
         written = writer.append(items)
         failed = [{"id": str(batch["id"][i]), "reason": str(batch["error"][i])}
                   for i in range(len(batch["id"])) if batch["error"][i]]

@@ -17,6 +17,17 @@ Fixtures
     in sizes (width x height) 64x64, 128x96, 93x70, 65x100 and 128x128: two are multiples of the
     learned codec's stride (64), three are odd sizes that need padding. Copies are returned, so a test
     may modify them.
+``image_folder_factory`` (session)
+    ``image_folder_factory(folder) -> ImageFolder``: writes a small input folder for ingest tests, built from
+    the sample images: five good images (``a.png`` 64x64, ``b.jpg`` 128x96, ``sub/c.png`` 93x70,
+    ``sub/deeper/d.jpg`` 65x100, and ``rotated.jpg``, 128x96 stored pixels with EXIF orientation 6, so
+    96x128 once the orientation is applied), three bad files (``empty.jpg`` zero bytes, ``notes.jpg`` a
+    text file, ``truncated.jpg`` half of a JPEG) and a hidden ``.DS_Store`` that ingest must ignore.
+    ``ImageFolder.good`` maps id -> (width, height), ``ImageFolder.bad`` lists the bad ids.
+``ray_local`` (session)
+    A local Ray cluster for pipeline tests: ``ray.init(num_cpus=2, include_dashboard=False)`` unless Ray is
+    already initialised (then the existing one is used). Shut down at the end of the session only if this
+    fixture started it. Request it in any test that runs a Ray Data job (``encode()``, ``decode_archive()``).
 
 Note on the tiny codec: a freshly initialised hyperprior maps almost every latent to zero, which would
 make round-trip tests pass vacuously. The factory multiplies the last layer of ``g_a`` and ``h_a`` by
@@ -26,6 +37,8 @@ entropy-coded data (hundreds of bytes for a 128x128 image). Decoding stays deter
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -95,3 +108,52 @@ def _sample_image_cache() -> tuple[Image.Image, ...]:
 def sample_images(_sample_image_cache) -> list[Image.Image]:
     """Small RGB images of sizes ``SAMPLE_SIZES`` (width x height), fresh copies for each test."""
     return [image.copy() for image in _sample_image_cache]
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    path: Path
+    good: dict[str, tuple[int, int]]  # id (relative POSIX path) -> (width, height) after EXIF orientation
+    bad: list[str]
+
+
+@pytest.fixture(scope="session")
+def image_folder_factory(_sample_image_cache):
+    """Return ``make(folder) -> ImageFolder`` writing good, bad and hidden files into ``folder``."""
+
+    def make(folder: Path) -> ImageFolder:
+        folder = Path(folder)
+        (folder / "sub" / "deeper").mkdir(parents=True, exist_ok=True)
+        im64, im128x96, im93, im65, im128 = _sample_image_cache
+        im64.save(folder / "a.png", format="PNG")
+        im128x96.save(folder / "b.jpg", format="JPEG", quality=90)
+        im93.save(folder / "sub" / "c.png", format="PNG")
+        im65.save(folder / "sub" / "deeper" / "d.jpg", format="JPEG", quality=90)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+        im128x96.save(folder / "rotated.jpg", format="JPEG", quality=90, exif=exif)
+        (folder / "empty.jpg").write_bytes(b"")
+        (folder / "notes.jpg").write_text("this is not a JPEG\n")
+        buffer = io.BytesIO()
+        im128.save(buffer, format="JPEG", quality=90)
+        (folder / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        good = {"a.png": (64, 64), "b.jpg": (128, 96), "rotated.jpg": (96, 128),
+                "sub/c.png": (93, 70), "sub/deeper/d.jpg": (65, 100)}
+        return ImageFolder(folder, good, ["empty.jpg", "notes.jpg", "truncated.jpg"])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local 2-CPU Ray cluster for the session (reuses one that is already initialised)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()

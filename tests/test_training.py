@@ -7,7 +7,6 @@ from importlib.resources import as_file, files
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from latentzip.codecs.registry import load_codec
@@ -25,14 +24,9 @@ def samples_dir():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for this module; left alone if someone else already started one."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
+def ray_cluster(ray_local):
+    """The session's local Ray cluster (conftest.ray_local)."""
+    return ray_local
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,44 @@
+"""``latentzip <command> [args]``: one entry point for every job. Each command is ``latentzip.jobs.<name>``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "ingest": "folder of images -> Parquet shards (unreadable files listed, not fatal)",
+    "train": "train a learned codec with Ray Train (DDP over workers)",
+    "encode": "Parquet shards -> entropy-coded bitstreams in a Zarr archive (Ray Data job)",
+    "decode": "archive -> images: one id on demand, or many in parallel on Ray",
+    "report": "rate-distortion report: learned codec vs JPEG, WebP, JPEG 2000, AVIF, JPEG XL",
+    "demo": "the whole pipeline on bundled sample photos, on an embedded local Ray",
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return ("usage: latentzip <command> [args]   (latentzip <command> --help for its flags)\n\ncommands:\n"
+            + "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        import latentzip
+
+        print(f"latentzip {latentzip.__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"latentzip: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"latentzip.jobs.{command}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
