@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = result.metrics
     print(f"trained {result.steps} steps (resumed from {result.start_step}) in {result.wall_s:.0f} s: "
-          f"loss {metrics.get('loss', float('nan')):.4f}, bpp {metrics.get('bpp', float('nan')):.3f}, "
+          f"loss {metrics.get('loss', float('nan')):.4f}, estimated bpp {metrics.get('bpp_estimate', float('nan')):.3f}, "
           f"PSNR {metrics.get('psnr_db', float('nan')):.2f} dB")
     print(f"codec written to {result.codec_dir} (model id {result.model_id})")
     return 0

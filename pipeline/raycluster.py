@@ -16,7 +16,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {"include_dashboard": False, "log_to_driver": True}
+    # The dashboard (on 127.0.0.1) stays on: Ray Train's controller queries its state API.
+    kwargs = {"log_to_driver": True}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)

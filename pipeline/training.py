@@ -18,6 +18,8 @@ group from the latest checkpoint too (``FailureConfig(max_failures)``).
 Finally the driver loads the last checkpoint into a fresh model and exports it with
 :func:`~latentzip.codecs.checkpoint.export_codec` to ``<out_dir>/codec``, and writes every reported metrics
 row to ``<out_dir>/metrics.jsonl``. The history travels inside the checkpoints, so it survives restarts.
+Rates reported while training (``bpp_estimate``, ``val_bpp_estimate``) are estimates from the
+likelihoods; bits per pixel of real bitstreams come from the encode job and the report.
 
 Paths (data, ``out_dir``) must be readable by every worker: local disks on one machine, or a shared file
 system on a cluster.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -270,7 +273,7 @@ def _summarise(sums: torch.Tensor, count: int, world: int) -> dict:
         torch.distributed.all_reduce(sums)
     loss, mse, bpp, aux = (sums / (count * world)).tolist()
     psnr = 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
-    return {"loss": loss, "mse": mse, "bpp": bpp, "psnr_db": psnr, "aux_loss": aux}
+    return {"loss": loss, "mse": mse, "bpp_estimate": bpp, "psnr_db": psnr, "aux_loss": aux}
 
 
 @torch.no_grad()
@@ -287,7 +290,7 @@ def evaluate(module: ScaleHyperprior, images: list[torch.Tensor], lmbda: float) 
         totals += (lmbda * 255**2 * mse + bpp, bpp, 10 * math.log10(1.0 / max(mse, 1e-10)))
     module.train()
     loss, bpp, psnr = totals / len(images)
-    return {"val_loss": loss, "val_bpp": bpp, "val_psnr_db": psnr}
+    return {"val_loss": loss, "val_bpp_estimate": bpp, "val_psnr_db": psnr}
 
 
 def _hardware(device: torch.device, threads: int) -> dict:
@@ -348,9 +351,16 @@ def _report(row: dict, rank: int, checkpoint_args=None) -> None:
 def _progress_line(row: dict, steps: int) -> str:
     eta = (steps - row["step"]) / row["steps_per_s"] if row["steps_per_s"] > 0 else math.inf
     eta_text = f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}" if math.isfinite(eta) else "?"
-    line = (f"train: step {row['step']}/{steps} loss {row['loss']:.4f} bpp {row['bpp']:.3f} "
+    line = (f"train: step {row['step']}/{steps} loss {row['loss']:.4f} bpp~ {row['bpp_estimate']:.3f} "
             f"psnr {row['psnr_db']:.2f} dB {row['steps_per_s']:.2f} steps/s ETA {eta_text}")
-    return line + (f" | val psnr {row['val_psnr_db']:.2f} dB bpp {row['val_bpp']:.3f}" if "val_bpp" in row else "")
+    return line + (f" | val psnr {row['val_psnr_db']:.2f} dB bpp~ {row['val_bpp_estimate']:.3f}" if "val_bpp_estimate" in row else "")
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every report and checkpoint at INFO; our progress line already says it."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("ray.train") or "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def train_worker(loop_config: dict) -> dict:
@@ -360,6 +370,7 @@ def train_worker(loop_config: dict) -> dict:
 
     config = TrainConfig.from_dict(loop_config["config"])
     context = ray.train.get_context()
+    _quiet_ray_train_logs()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config["threads"])
     device = ray.train.torch.get_device()
