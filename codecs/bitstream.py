@@ -18,7 +18,8 @@ Layout, version 1 (all integers little-endian)::
 
 Two checksums let decoding say *what* is wrong: a damaged header (so the lengths cannot be trusted), a
 stream cut short, bytes appended after the end, or a damaged payload. Every failure is a subclass of
-:class:`BitstreamError` that names the problem.
+:class:`BitstreamError` that names the problem. The checksums cannot tell a forged or mis-paired string
+from a real one; the decoder catches those by re-encoding what it decoded (:class:`EntropyStreamError`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class MalformedStreamError(BitstreamError):
 
 class ModelMismatchError(BitstreamError):
     """The stream was encoded by a different model than the one asked to decode it."""
+
+
+class EntropyStreamError(BitstreamError):
+    """The container is intact but an entropy-coded string is not exactly the encoding of what it decodes to.
+
+    Raised by the decoder (see ``entropy_coding.py``), not by :func:`unpack`: strings swapped between
+    streams, forged with valid checksums, or decoded with parameters other than the encoder's.
+    """
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,15 @@ entropy-coder tables included, refreshed by ``update(force=True)`` before export
 The model id is the first 16 bytes of a SHA-256 over the canonical config and every tensor (name, dtype,
 shape, bytes). It travels in every bitstream, so a stream is never decoded by weights other than the ones
 that wrote it, and it is re-checked on load, so edited weights are caught.
+
+The config includes ``entropy_params`` (integer or float arithmetic for the prior), which is chosen when
+loading: every codec loads in integer mode unless asked for float. The stored id is verified against the
+config as written; the returned card then carries the id of the mode actually loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -20,11 +25,14 @@ from safetensors.torch import load_file, save_file
 
 from latentzip.codecs.bitstream import MODEL_ID_BYTES
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
+from latentzip.codecs.integer_prior import FixedPointOverflowError
 
 CONFIG_FILE = "codec.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "latentzip-codec"
 FORMAT_VERSION = 1
+#: The arithmetic every codec loads with unless told otherwise (see docs/determinism.md).
+DEFAULT_ENTROPY_PARAMS = "integer"
 
 
 class CheckpointError(ValueError):
@@ -78,8 +86,12 @@ def read_card(directory: str | Path) -> dict:
     return document
 
 
-def load_model(directory: str | Path) -> tuple[ScaleHyperprior, dict]:
-    """Load a codec directory written by :func:`export_codec`. Returns ``(model in eval mode, card)``."""
+def load_model(directory: str | Path, entropy_params: str | None = None) -> tuple[ScaleHyperprior, dict]:
+    """Load a codec directory written by :func:`export_codec`. Returns ``(model in eval mode, card)``.
+
+    ``entropy_params``: ``"integer"`` (default) or ``"float"``; the card returned has that mode's config
+    and model id.
+    """
     directory = Path(directory)
     document = read_card(directory)
     config = CodecConfig.from_dict(document["config"])
@@ -91,4 +103,23 @@ def load_model(directory: str | Path) -> tuple[ScaleHyperprior, dict]:
         raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
     model = build_model(config)
     model.load_state_dict(state)
-    return model.eval(), document
+    try:
+        return switch_entropy_params(model.eval(), document, entropy_params or DEFAULT_ENTROPY_PARAMS)
+    except FixedPointOverflowError as exc:
+        raise CheckpointError(f"{directory}: the prior cannot be computed in exact integers: {exc}") from exc
+
+
+def switch_entropy_params(model: ScaleHyperprior, card: dict, entropy_params: str) -> tuple[ScaleHyperprior, dict]:
+    """The same weights with ``entropy_params`` set: a new model (or ``model`` itself if already in that
+    mode) and a copy of ``card`` with that mode's config and model id. Integer mode derives its fixed-point
+    prior here, so a model that cannot have one is refused now rather than at the first image."""
+    config = dataclasses.replace(model.config, entropy_params=entropy_params)
+    if config != model.config:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        switched = build_model(config)
+        switched.load_state_dict(state)
+        model = switched.to(next(model.parameters()).device).eval()
+        card = {**card, "config": config.to_dict(), "model_id": model_id(config, state).hex()}
+    if config.entropy_params == "integer":
+        model.integer_prior()
+    return model, card

@@ -17,11 +17,19 @@ Tensor shapes for a batch ``x`` of shape (B, 3, H, W), H and W multiples of 64::
 
 ``forward`` is the training path (additive uniform noise instead of rounding, likelihoods for the rate
 term); ``compress``/``decompress`` run the real range coder and return/take byte strings.
+
+Entropy-coding parameters (the scale index and mean of every latent) decide how the range coder splits its
+interval, so encoder and decoder must compute them bit for bit alike. With ``entropy_params="integer"``
+(the default) they come from a fixed-point ``h_s`` evaluated in exact integer arithmetic on the integer
+symbols of ``z`` (``integer_prior.py``), the same on any machine, batch or thread count;
+``entropy_params="float"`` keeps the float32 ``h_s`` of the same weights, for comparison and for streams
+written before the integer prior existed. See docs/determinism.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,28 +39,45 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import nn
 
+from latentzip.codecs.entropy_coding import decode_symbols, encode_symbols
+from latentzip.codecs.integer_prior import BACKEND_LOCK, FixedPointHyperSynthesis, native_cpu_convolutions
+
 ARCHITECTURES = ("scale-hyperprior", "mean-scale-hyperprior")
+ENTROPY_PARAMS = ("integer", "float")
 
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """Architecture and channel widths of a learned codec.
+    """Architecture, channel widths and entropy-parameter arithmetic of a learned codec.
 
     ``N`` is the width of the hidden layers and of the hyper-latents, ``M`` the number of latent channels.
+    ``entropy_params`` is ``"integer"`` (fixed-point ``h_s``, streams decode anywhere) or ``"float"``
+    (float32 ``h_s``). It is part of the hashed config, so the two modes of the same weights have different
+    model ids and a stream of one is never decoded by the other.
+
+    Dicts without ``entropy_params`` predate the field, when every codec was float: :meth:`from_dict` reads
+    them as float, and :meth:`to_dict` leaves the key out for float, so such codecs keep their model ids
+    (and their streams and archives stay decodable in float mode).
     """
 
     arch: str = "scale-hyperprior"
     N: int = 128
     M: int = 192
+    entropy_params: str = "integer"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.N < 1 or self.M < 1:
             raise ValueError(f"channel widths must be positive, got N={self.N}, M={self.M}")
+        if self.entropy_params not in ENTROPY_PARAMS:
+            raise ValueError(f"unknown entropy_params {self.entropy_params!r}; choose one of {', '.join(ENTROPY_PARAMS)}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["entropy_params"] == "float":
+            del data["entropy_params"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "CodecConfig":
@@ -60,7 +85,7 @@ class CodecConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown codec config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**{"entropy_params": "float", **data})
 
 
 def _analysis(N: int, M: int) -> nn.Sequential:
@@ -81,6 +106,8 @@ class ScaleHyperprior(CompressionModel):
 
     #: g_a downsamples by 16 and h_a by 4 more: inputs are padded to multiples of this.
     stride = 64
+    #: Whether ``h_s`` predicts means after the scales (``_split_params``).
+    predicts_means = False
 
     def __init__(self, config: CodecConfig):
         super().__init__()
@@ -100,6 +127,7 @@ class ScaleHyperprior(CompressionModel):
         )
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
+        self._integer_prior = None  # (the tensors it was derived from and their versions, the prior)
 
     # -- the pieces the two architectures differ in ------------------------------------------------
     def _hyper_input(self, y: torch.Tensor) -> torch.Tensor:
@@ -119,43 +147,116 @@ class ScaleHyperprior(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # -- real coding -------------------------------------------------------------------------------
-    def _entropy_params(self, z_hat: torch.Tensor):
-        """Scale indexes and means for the Gaussian conditional, computed from ``z_hat``.
+    def _entropy_params(self, z_symbols: torch.Tensor):
+        """Scale indexes and means for the Gaussian conditional, from the integer symbols of ``z``.
 
-        This is the path that decides entropy-coding parameters, so encoder and decoder must compute it
-        identically: it runs in fp32, on contiguous tensors, one image at a time, so that the result
-        does not depend on how images were batched.
+        The one place that decides entropy-coding parameters; encoder and decoder both call it with the
+        symbols that the z string codes. Integer mode: the fixed-point ``h_s``, exact everywhere. Float
+        mode: float32 ``h_s`` on contiguous tensors, one image at a time, so at least the batch does not
+        change the result.
         """
-        params = torch.cat([self.h_s(z_hat[i : i + 1].float().contiguous()) for i in range(z_hat.shape[0])])
+        if self.config.entropy_params == "integer":
+            return self.integer_prior()(z_symbols)
+        z_hat = _dequantize(z_symbols.to(self._device()), self._z_medians())
+        params = torch.cat([self.h_s(z_hat[i : i + 1].contiguous()) for i in range(z_hat.shape[0])])
         scales_hat, means_hat = self._split_params(params)
         return self.gaussian_conditional.build_indexes(scales_hat), means_hat
+
+    def integer_prior(self) -> FixedPointHyperSynthesis:
+        """The fixed-point ``h_s`` of the current weights and tables, derived on first use and re-derived
+        whenever one of them is replaced or changed in place."""
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        sources = [*self.h_s.parameters(), eb.quantiles, eb._offset, eb._cdf_length, gc.scale_table,
+                   gc.lower_bound_scale.bound]
+        if self._integer_prior is not None and _unchanged(sources, self._integer_prior[0]):
+            return self._integer_prior[1]
+        if eb._offset.numel() == 0 or gc.scale_table.numel() == 0:
+            raise ValueError("entropy-coder tables are not built; run update() first")
+        width = eb._cdf_length.to(torch.int64) - 2
+        offset = eb._offset.to(torch.int64)
+        # Symbols beyond the bottleneck's tables (bypass-coded tail events) are clamped one table width out.
+        z_range = (offset - width, offset + 2 * width - 1)
+        prior = FixedPointHyperSynthesis.derive(
+            self.h_s, eb.quantiles[:, 0, 1], z_range, gc.scale_table, float(gc.lower_bound_scale.bound),
+            with_means=self.predicts_means,
+        ).to(self._device())
+        self._integer_prior = ([(t.detach(), t._version) for t in sources], prior)
+        return prior
+
+    def _device(self) -> torch.device:
+        return self.entropy_bottleneck.quantiles.device
+
+    def _z_medians(self) -> torch.Tensor:
+        return self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor) -> dict:
         """Entropy-code a batch. Returns ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``."""
         y = self.g_a(x).float()
         z = self.h_a(self._hyper_input(y))
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        indexes, means_hat = self._entropy_params(z_hat)
-        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
-        y_hat = self.gaussian_conditional.quantize(y, "dequantize", means_hat)
+        z_symbols = self.entropy_bottleneck.quantize(z, "symbols", self._z_medians())
+        z_strings = encode_symbols(self.entropy_bottleneck, z_symbols, EntropyBottleneck._build_indexes(z.size()))
+        indexes, means_hat = self._entropy_params(z_symbols)
+        y_symbols = self.gaussian_conditional.quantize(y, "symbols", means_hat)
+        y_strings = encode_symbols(self.gaussian_conditional, y_symbols, indexes)
+        y_hat = _dequantize(y_symbols, means_hat)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.size()[-2:]), "y_hat": y_hat}
 
     @torch.no_grad()
     def decompress(self, strings: list, shape) -> dict:
-        """Inverse of :meth:`compress` for a batch of strings that share one latent ``shape``."""
-        if not (isinstance(strings, (list, tuple)) and len(strings) == 2):
-            raise ValueError("expected strings as [y_strings, z_strings]")
-        z_hat = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
-        indexes, means_hat = self._entropy_params(z_hat)
-        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat)
-        x_hat = self.g_s(y_hat).clamp_(0, 1)
-        return {"x_hat": x_hat, "y_hat": y_hat}
+        """Inverse of :meth:`compress` for a batch of strings that share one latent ``shape``.
+
+        Raises :class:`~latentzip.codecs.bitstream.EntropyStreamError` unless each string is exactly the
+        encoding of what it decodes to.
+        """
+        if not (isinstance(strings, (list, tuple)) and len(strings) == 2 and len(strings[0]) == len(strings[1])):
+            raise ValueError("expected strings as [y_strings, z_strings] of equal length")
+        y_strings, z_strings = strings
+        z_size = (len(z_strings), self.entropy_bottleneck.channels, *shape)
+        z_symbols = decode_symbols(self.entropy_bottleneck, z_strings, EntropyBottleneck._build_indexes(z_size))
+        indexes, means_hat = self._entropy_params(z_symbols)
+        y_symbols = decode_symbols(self.gaussian_conditional, y_strings, indexes)
+        y_hat = _dequantize(y_symbols.to(self._device()), means_hat)
+        return {"x_hat": self.synthesize(y_hat), "y_hat": y_hat}
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """``g_s(y_hat)`` clamped to [0, 1], the same for an image whatever batch it arrives in.
+
+        One image at a time, contiguous float32, contiguous weights, and on CPU the native convolutions
+        rather than oneDNN (whose transposed convolution sums in an order that depends on the thread count).
+        The encoder's reconstruction comes from here too, so it matches every decode on the same machine.
+        """
+        for parameter in self.g_s.parameters():
+            if not parameter.is_contiguous():  # a channels-last model would take other kernels
+                parameter.data = parameter.data.contiguous()
+        backend = native_cpu_convolutions() if y_hat.device.type == "cpu" else nullcontext()
+        with BACKEND_LOCK, backend:
+            x_hat = [self.g_s(y_hat[i : i + 1].float().contiguous()) for i in range(y_hat.shape[0])]
+        return torch.cat(x_hat).clamp_(0, 1)
+
+
+def _unchanged(tensors: list[torch.Tensor], cached: list[tuple[torch.Tensor, int]]) -> bool:
+    """Whether each tensor still has the storage, layout and in-place version it had when cached. The
+    cached aliases keep those storages alive, so a new tensor cannot reuse one of their addresses."""
+    return len(tensors) == len(cached) and all(
+        t.device == alias.device and t.data_ptr() == alias.data_ptr() and t.shape == alias.shape
+        and t.stride() == alias.stride() and t._version == version
+        for t, (alias, version) in zip(tensors, cached))
+
+
+def _dequantize(symbols: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:
+    """``symbols + means`` in float32, exactly as CompressAI's ``dequantize`` (encoder and decoder share it)."""
+    values = symbols.float()
+    if means is not None:
+        values += means
+    return values
 
 
 class MeanScaleHyperprior(ScaleHyperprior):
     """Mean-scale hyperprior (Minnen et al. 2018, no context model): ``h_s`` predicts means and scales."""
+
+    predicts_means = True
 
     def __init__(self, config: CodecConfig):
         super().__init__(config)

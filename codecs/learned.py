@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from latentzip.codecs import bitstream
-from latentzip.codecs.checkpoint import load_model
+from latentzip.codecs.checkpoint import load_model, switch_entropy_params
 from latentzip.codecs.hyperprior import ScaleHyperprior
 from latentzip.codecs.images import pad_to_multiple, padded_size, to_pil, to_rgb8, to_tensor
 
@@ -18,7 +18,8 @@ class LearnedCodec:
     """A trained hyperprior with ``encode``/``decode`` on PIL images.
 
     ``encode_batch`` groups images by padded size so each ``compress`` call is one dense batch;
-    ``max_batch`` bounds the batch (memory grows with batch x pixels).
+    ``max_batch`` bounds the batch (memory grows with batch x pixels). Decoded pixels do not depend on how
+    streams are batched; in integer mode (the default) streams decode on any machine (docs/determinism.md).
     """
 
     kind = "learned"
@@ -33,9 +34,16 @@ class LearnedCodec:
         self.max_batch = max_batch
 
     @classmethod
-    def from_path(cls, directory: str | Path, name: str | None = None, **options) -> "LearnedCodec":
-        model, card = load_model(directory)
+    def from_path(cls, directory: str | Path, name: str | None = None, entropy_params: str | None = None,
+                  **options) -> "LearnedCodec":
+        """Load a codec directory; ``entropy_params="float"`` for the float prior (default integer)."""
+        model, card = load_model(directory, entropy_params=entropy_params)
         return cls(model, card, name=name, **options)
+
+    def with_entropy_params(self, entropy_params: str, name: str | None = None) -> "LearnedCodec":
+        """The same weights in the other arithmetic (its own model id), e.g. to benchmark one against the other."""
+        model, card = switch_entropy_params(self.model, self.card, entropy_params)
+        return LearnedCodec(model, card, name=name, device=self.device, max_batch=self.max_batch)
 
     @property
     def config(self):
@@ -48,22 +56,31 @@ class LearnedCodec:
         return self.decode_batch([data])[0]
 
     def encode_batch(self, images: list[Image.Image]) -> list[bytes]:
+        return [data for data, _ in self._encode(images, reconstruct=False)]
+
+    def encode_with_reconstruction(self, images: list[Image.Image]) -> list[tuple[bytes, Image.Image]]:
+        """Each image's stream and the image that decoding it gives, computed on the encoder's side."""
+        return [(data, to_pil(x_hat)) for data, x_hat in self._encode(images, reconstruct=True)]
+
+    def _encode(self, images: list[Image.Image], reconstruct: bool) -> list[tuple[bytes, torch.Tensor | None]]:
         tensors = [to_tensor(to_rgb8(image)) for image in images]
         groups = defaultdict(list)
         for index, x in enumerate(tensors):
             groups[padded_size(*x.shape[-2:], self.model.stride)].append(index)
-        out: list[bytes | None] = [None] * len(tensors)
+        out: list[tuple | None] = [None] * len(tensors)
         for indexes in groups.values():
             for start in range(0, len(indexes), self.max_batch):
                 chunk = indexes[start : start + self.max_batch]
                 batch = torch.cat([pad_to_multiple(tensors[i][None], self.model.stride) for i in chunk])
                 coded = self.model.compress(batch.to(self.device))
+                x_hat = self.model.synthesize(coded["y_hat"]).cpu() if reconstruct else None
                 for j, i in enumerate(chunk):
                     height, width = tensors[i].shape[-2:]
-                    out[i] = bitstream.pack(bitstream.Bitstream(
+                    data = bitstream.pack(bitstream.Bitstream(
                         self.model_id, height, width, coded["shape"],
                         tuple(strings[j] for strings in coded["strings"]),
                     ))
+                    out[i] = (data, None if x_hat is None else x_hat[j, :, :height, :width])
         return out
 
     def decode_batch(self, streams: list[bytes]) -> list[Image.Image]:

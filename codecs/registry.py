@@ -40,7 +40,8 @@ def is_classical(name: str) -> bool:
 def load_codec(name_or_path: str | Path, **options):
     """Return a codec with ``encode(PIL.Image) -> bytes`` and ``decode(bytes) -> PIL.Image``.
 
-    Options: ``quality`` for classical codecs; ``device`` and ``max_batch`` for learned ones.
+    Options: ``quality`` for classical codecs; ``device``, ``max_batch`` and ``entropy_params``
+    (``"integer"``, the default, or ``"float"``) for learned ones.
     """
     name = str(name_or_path)
     if name in FORMATS:

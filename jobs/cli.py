@@ -11,6 +11,7 @@ COMMANDS = {
     "encode": "Parquet shards -> entropy-coded bitstreams in a Zarr archive (Ray Data job)",
     "decode": "archive -> images: one id on demand, or many in parallel on Ray",
     "report": "rate-distortion report: learned codec vs JPEG, WebP, JPEG 2000, AVIF, JPEG XL",
+    "bench": "benchmarks of learned codecs (rd: integer vs float entropy parameters)",
     "demo": "the whole pipeline on bundled sample photos, on an embedded local Ray",
 }
 

@@ -35,6 +35,7 @@ import numpy as np
 import zarr
 
 import latentzip
+from latentzip.codecs.hyperprior import CodecConfig
 from latentzip.codecs.registry import load_codec
 
 FORMAT = "latentzip-archive"
@@ -134,6 +135,8 @@ class Archive:
     def codec(self, **options):
         """The codec that wrote this archive, found from its provenance; never a different model."""
         if self._codec is None:
+            # Archives written before integer entropy parameters record a config without the field: float.
+            options.setdefault("entropy_params", CodecConfig.from_dict(self.meta["codec"]).entropy_params)
             codec = load_codec(self.meta["model_ref"], **options)
             if getattr(codec, "model_id", b"").hex() != self.model_id:
                 raise ArchiveError(

@@ -67,6 +67,7 @@ class LearnedSpec:
     ref: str
     model_id: str
     lmbda: float
+    entropy_params: str = "integer"
 
 
 @dataclass
@@ -147,7 +148,7 @@ def learned_spec(archive) -> LearnedSpec:
         name = path.resolve().parent.name if path.name == "codec" else path.name
     if name in FORMATS:
         name = f"learned-{name}"
-    return LearnedSpec(name, ref, archive.model_id, _card_lmbda(codec.card))
+    return LearnedSpec(name, ref, archive.model_id, _card_lmbda(codec.card), codec.config.entropy_params)
 
 
 def _card_lmbda(document: dict) -> float:
@@ -166,7 +167,7 @@ _CODECS: dict[tuple[str, str], object] = {}
 def _learned_codec(spec: LearnedSpec):
     key = (spec.ref, spec.model_id)
     if key not in _CODECS:  # once per process: Ray reuses workers, so the model loads once per worker
-        codec = load_codec(spec.ref)
+        codec = load_codec(spec.ref, entropy_params=spec.entropy_params)
         if codec.model_id.hex() != spec.model_id:
             raise ValueError(f"model {spec.ref!r} has id {codec.model_id.hex()}, the archive needs {spec.model_id}")
         _CODECS[key] = codec

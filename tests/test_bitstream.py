@@ -16,6 +16,7 @@ from latentzip.codecs.bitstream import (
     Bitstream,
     BitstreamError,
     ChecksumMismatchError,
+    EntropyStreamError,
     HeaderCorruptError,
     MalformedStreamError,
     ModelMismatchError,
@@ -31,7 +32,7 @@ from latentzip.codecs.learned import LearnedCodec
 HEADER = struct.Struct("<4sBB16sIIHHI")  # the documented version-1 layout, written out independently
 ERRORS = (
     NotABitstreamError, UnsupportedVersionError, HeaderCorruptError, TruncatedStreamError,
-    TrailingDataError, ChecksumMismatchError, MalformedStreamError, ModelMismatchError,
+    TrailingDataError, ChecksumMismatchError, MalformedStreamError, ModelMismatchError, EntropyStreamError,
 )
 
 
@@ -230,6 +231,16 @@ def test_wrong_number_of_strings(codec, stream, image):
     for strings in (parsed.strings[:1], (*parsed.strings, b"")):
         data = pack(Bitstream(codec.model_id, image.height, image.width, parsed.latent_shape, strings))
         _raises_exactly(MalformedStreamError, codec.decode, data)
+
+
+def test_forged_strings_behind_valid_checksums(codec, stream, image):
+    # Checksums recomputed by a forger: only the entropy decoder's re-encoding check can tell.
+    parsed = unpack(stream)
+    y, z = parsed.strings
+    forged_y = bytes([y[0] ^ 0x40]) + y[1:]
+    for strings in ((z, y), (forged_y, z), (y, bytes(len(z))), (y[:-4], z), (y + b"\x00" * 4, z), (b"", z)):
+        data = pack(Bitstream(codec.model_id, image.height, image.width, parsed.latent_shape, strings))
+        _raises_exactly(EntropyStreamError, codec.decode, data)
 
 
 def test_batch_decode_reports_the_damaged_stream(codec, stream):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -52,7 +53,7 @@ def test_export_then_load_gives_identical_weights_and_id(tmp_path, arch):
     # The entropy-coder tables were built before export and travel in the file.
     assert original["gaussian_conditional._cdf_length"].numel() > 0
     assert card["model_id"] == mid.hex()
-    assert card["config"] == {"arch": arch, "N": 16, "M": 24}
+    assert card["config"] == {"arch": arch, "N": 16, "M": 24, "entropy_params": "integer"}
     assert card["card"] == {"recipe": {"lambda": 0.01}}
     assert card["format"] == FORMAT and card["format_version"] == FORMAT_VERSION
     assert model_id(loaded.config, state) == mid
@@ -174,6 +175,42 @@ def test_loading_uses_no_pickle(tiny_codec_dir, monkeypatch):
     model, card = load_model(tiny_codec_dir)
     assert card["model_id"]
     assert model.config == CodecConfig(N=16, M=24)
+
+
+def test_entropy_params_are_chosen_at_load_and_change_the_model_id(tiny_codec_dir):
+    integer, integer_card = load_model(tiny_codec_dir)
+    floating, float_card = load_model(tiny_codec_dir, entropy_params="float")
+    stored = read_card(tiny_codec_dir)
+    assert integer.config.entropy_params == "integer" and floating.config.entropy_params == "float"
+    assert integer_card["model_id"] == stored["model_id"]  # exported in the default mode
+    assert float_card["model_id"] != integer_card["model_id"]
+    assert float_card["config"] == {"arch": "scale-hyperprior", "N": 16, "M": 24}
+    state = load_file(str(tiny_codec_dir / WEIGHTS_FILE))
+    assert float_card["model_id"] == model_id(floating.config, state).hex()
+    for name, tensor in integer.state_dict().items():
+        assert torch.equal(floating.state_dict()[name], tensor), name
+    assert LearnedCodec.from_path(tiny_codec_dir, entropy_params="float").model_id.hex() == float_card["model_id"]
+    with pytest.raises(ValueError):
+        load_model(tiny_codec_dir, entropy_params="fixed")
+
+
+def test_codec_written_before_the_field_keeps_its_id_in_float_mode(tmp_path):
+    # A float-mode export writes exactly what older versions wrote: a config without entropy_params.
+    model = _model()
+    model.config = CodecConfig(N=16, M=24, entropy_params="float")
+    mid = export_codec(model, tmp_path)
+    document = read_card(tmp_path)
+    assert document["config"] == {"arch": "scale-hyperprior", "N": 16, "M": 24}
+    state = load_file(str(tmp_path / WEIGHTS_FILE))
+    legacy = hashlib.sha256(json.dumps(document["config"], sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].contiguous()
+        legacy.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        legacy.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    assert mid == legacy.digest()[:16]
+    assert load_model(tmp_path, entropy_params="float")[1]["model_id"] == mid.hex()
+    default, card = load_model(tmp_path)
+    assert default.config.entropy_params == "integer" and card["model_id"] != mid.hex()
 
 
 def test_export_into_an_existing_directory_overwrites(tmp_path):

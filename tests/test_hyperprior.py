@@ -46,15 +46,19 @@ def _batch(size: int, height: int = 64, width: int = 128, seed: int = 1) -> torc
 
 def test_config_dict_round_trip():
     config = CodecConfig(arch="mean-scale-hyperprior", N=16, M=24)
-    assert config.to_dict() == {"arch": "mean-scale-hyperprior", "N": 16, "M": 24}
+    assert config.to_dict() == {"arch": "mean-scale-hyperprior", "N": 16, "M": 24, "entropy_params": "integer"}
     assert CodecConfig.from_dict(config.to_dict()) == config
+    # Float mode hashes as configs did before the field existed, and such dicts read back as float.
+    floating = CodecConfig(arch="mean-scale-hyperprior", N=16, M=24, entropy_params="float")
+    assert floating.to_dict() == {"arch": "mean-scale-hyperprior", "N": 16, "M": 24}
+    assert CodecConfig.from_dict(floating.to_dict()) == floating
 
 
 def test_config_defaults():
-    assert CodecConfig() == CodecConfig(arch="scale-hyperprior", N=128, M=192)
+    assert CodecConfig() == CodecConfig(arch="scale-hyperprior", N=128, M=192, entropy_params="integer")
 
 
-@pytest.mark.parametrize("kwargs", [{"arch": "vae"}, {"N": 0}, {"M": -1}])
+@pytest.mark.parametrize("kwargs", [{"arch": "vae"}, {"N": 0}, {"M": -1}, {"entropy_params": "fixed"}])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         CodecConfig(**kwargs)

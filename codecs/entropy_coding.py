@@ -1,0 +1,138 @@
+"""Integer symbols to rANS strings and back, with the checks CompressAI's coder leaves out.
+
+CompressAI's ``EntropyModel.compress``/``decompress`` quantize and dequantize around the range coder; the
+hyperprior needs the integer symbols themselves (they are what the integer prior reads, see
+``integer_prior.py``), so this module calls the coder directly. It adds three things:
+
+- **Exact consumption.** The rANS decoder does not report how many bytes it read, and decodes *something*
+  from any bytes. :func:`decode_symbols` re-encodes the decoded symbols with the same indexes and tables and
+  requires the very same string: a string is accepted only if it is exactly the encoding of what it decodes
+  to. Anything else (strings swapped between streams, forged with valid checksums, or decoded with other
+  entropy parameters than the encoder's) raises :class:`~latentzip.codecs.bitstream.EntropyStreamError`.
+- **Coder safety.** The C++ encoder writes into a buffer of one 32-bit word per symbol without bounds
+  checks, and loops forever on symbols of ``2**27`` or more; :func:`_check_codable` refuses symbols that could do
+  either, before they reach it. The decoder reads past the end of a string that is not a valid encoding, so
+  strings are handed to it followed by zero words (a mitigation, not a proof: see docs/determinism.md).
+- **One table conversion per batch**, not one per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from compressai.entropy_models import EntropyModel
+
+from latentzip.codecs.bitstream import EntropyStreamError
+
+#: Symbols relative to their table's offset must stay below this: the encoder's bypass code counts the
+#: nibbles of ``2 * |value| + 1`` with an int32 shift by ``4 * n``, which never reaches zero once 8 nibbles
+#: are needed (x86 takes a shift by 32 as a shift by 0), so it would loop forever.
+SYMBOL_LIMIT = 2**24
+#: Bypass values are written 4 bits at a time (CompressAI's ``bypass_precision``).
+_BYPASS_BITS = 4
+#: Zero words appended to a string before decoding: the decoder reads at most one word per symbol plus its
+#: bypass words; a valid string is consumed before this padding is reached.
+_PAD_WORDS_PER_SYMBOL = 1
+_PAD_WORDS_EXTRA = 64
+
+
+@dataclass(frozen=True)
+class _Tables:
+    cdf: list
+    cdf_length: torch.Tensor
+    offset: torch.Tensor
+    cdf_length_list: list
+    offset_list: list
+
+    @classmethod
+    def of(cls, model: EntropyModel) -> "_Tables":
+        model._check_cdf_size()
+        model._check_cdf_length()
+        model._check_offsets_size()
+        cdf_length = model._cdf_length.reshape(-1).to("cpu", torch.int64)
+        offset = model._offset.reshape(-1).to("cpu", torch.int64)
+        return cls(model._quantized_cdf.tolist(), cdf_length, offset, cdf_length.tolist(), offset.tolist())
+
+
+def _bypass_words(symbols: torch.Tensor, indexes: torch.Tensor, tables: _Tables) -> int:
+    """How many 4-bit bypass writes the rANS encoder makes for ``symbols`` (flat int64 tensors, CPU).
+
+    Mirrors the encoder: a value outside ``[0, max_value)`` of its table is coded as the escape symbol,
+    then ``n`` nibbles of ``raw`` and ``n // 15 + 1`` nibbles counting them.
+    """
+    value = symbols - tables.offset[indexes]
+    max_value = tables.cdf_length[indexes] - 2
+    escaped = (value < 0) | (value >= max_value)
+    if not bool(escaped.any()):
+        return 0
+    value, max_value = value[escaped], max_value[escaped]
+    raw = torch.where(value < 0, -2 * value - 1, 2 * (value - max_value))
+    nibbles = sum((raw >= 16**j).to(torch.int64) for j in range(8))
+    return int((nibbles + nibbles // (2**_BYPASS_BITS - 1) + 1).sum())
+
+
+def _check_codable(symbols: torch.Tensor, indexes: torch.Tensor, tables: _Tables) -> str | None:
+    """Why the C++ encoder must not see these symbols, or None when it may."""
+    if symbols.numel() == 0:
+        return "no symbols"
+    if bool(((symbols - tables.offset[indexes]).abs() >= SYMBOL_LIMIT).any()):
+        return f"a symbol is {SYMBOL_LIMIT} or more away from its table"
+    # Output bits: at most 16 per symbol (precision 16, every frequency >= 1), 4 per bypass write, 64 for
+    # the final state and 64 of slack; the encoder's buffer holds 32 bits per symbol.
+    needed_bits = 16 * symbols.numel() + _BYPASS_BITS * _bypass_words(symbols, indexes, tables) + 128
+    if needed_bits > 32 * symbols.numel():
+        return "too many out-of-table symbols for the coder's output buffer"
+    return None
+
+
+def encode_symbols(model: EntropyModel, symbols: torch.Tensor, indexes: torch.Tensor) -> list[bytes]:
+    """One rANS string per batch item. ``symbols`` and ``indexes`` are integer tensors of one shape (B, ...)."""
+    if symbols.shape != indexes.shape or symbols.dim() < 2:
+        raise ValueError(f"symbols {tuple(symbols.shape)} and indexes {tuple(indexes.shape)} must share a (B, ...) shape")
+    tables = _Tables.of(model)
+    symbols = symbols.to("cpu", torch.int64)
+    indexes = indexes.to("cpu", torch.int64)
+    strings = []
+    for item_symbols, item_indexes in zip(symbols.flatten(1), indexes.flatten(1)):
+        problem = _check_codable(item_symbols, item_indexes, tables)
+        if problem:
+            raise ValueError(f"cannot entropy-code these latents: {problem}")
+        strings.append(_encode(model, item_symbols.tolist(), item_indexes.tolist(), tables))
+    return strings
+
+
+def decode_symbols(model: EntropyModel, strings: list[bytes], indexes: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_symbols`: int32 symbols shaped like ``indexes``.
+
+    Raises :class:`EntropyStreamError` unless every string is exactly the encoding of what it decodes to.
+    """
+    if not isinstance(strings, (list, tuple)) or len(strings) != indexes.shape[0]:
+        raise ValueError(f"expected {indexes.shape[0]} strings, got {strings!r:.80}")
+    tables = _Tables.of(model)
+    flat_indexes = indexes.to("cpu", torch.int64).flatten(1)
+    out = torch.empty(flat_indexes.shape, dtype=torch.int32)
+    for i, (string, item_indexes) in enumerate(zip(strings, flat_indexes)):
+        string = bytes(string)
+        # The encoder writes whole 32-bit words, at least the two of its final state.
+        if len(string) < 8 or len(string) % 4:
+            raise EntropyStreamError(f"entropy-coded string {i} has {len(string)} bytes, not a whole rANS stream")
+        index_list = item_indexes.tolist()
+        padding = bytes(4 * (_PAD_WORDS_PER_SYMBOL * len(index_list) + _PAD_WORDS_EXTRA))
+        values = model.entropy_coder.decode_with_indexes(
+            string + padding, index_list, tables.cdf, tables.cdf_length_list, tables.offset_list)
+        symbols = torch.tensor(values, dtype=torch.int64)
+        problem = _check_codable(symbols, item_indexes, tables)
+        if problem or _encode(model, values, index_list, tables) != string:
+            raise EntropyStreamError(
+                f"entropy-coded string {i} is not the encoding of what it decodes to "
+                f"({problem or 're-encoding gives other bytes'}): corrupt, mis-paired, or decoded with other "
+                "entropy parameters than the encoder's"
+            )
+        out[i] = symbols.to(torch.int32)
+    return out.reshape(indexes.shape).to(indexes.device)
+
+
+def _encode(model: EntropyModel, symbols: list, indexes: list, tables: _Tables) -> bytes:
+    return bytes(model.entropy_coder.encode_with_indexes(
+        symbols, indexes, tables.cdf, tables.cdf_length_list, tables.offset_list))

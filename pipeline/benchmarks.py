@@ -1,0 +1,219 @@
+"""Benchmarks of learned codecs, measured in this process (no Ray, so timings are of the codec alone).
+
+``rd``: the integer and float entropy parameters of the same weights (docs/determinism.md). For every codec
+directory (typically several lambda points of one architecture) both modes encode and decode every image;
+bpp comes from the bytes written, PSNR from the decoded 8-bit images, seconds from the wall clock. With four
+or more rate points of one architecture the modes are compared by Bjontegaard deltas (BD-rate, BD-PSNR,
+Akima interpolation); with fewer, model by model (rate and PSNR difference of the same weights, which
+decode to nearly the same images, so the rate difference is at almost equal distortion).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from latentzip.codecs.bitstream import unpack
+from latentzip.codecs.images import load_image
+from latentzip.codecs.learned import LearnedCodec
+from latentzip.codecs.metrics import psnr_db
+from latentzip.pipeline.shards import list_files
+
+MODES = ("integer", "float")
+#: Rate points needed for Bjontegaard deltas with Akima interpolation.
+BD_MIN_POINTS = 4
+
+
+@dataclass
+class ModeResult:
+    """One codec in one entropy-parameter mode over all images; bpp and PSNR are means over images."""
+    model: str
+    arch: str
+    mode: str
+    model_id: str
+    lmbda: float
+    images: int
+    num_bytes: int
+    bpp: float
+    psnr_db: float
+    encode_s: float
+    decode_s: float
+    per_image: list[dict] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class RDBenchmark:
+    images: list[str]
+    results: list[ModeResult]
+    comparison: dict
+
+    def to_dict(self) -> dict:
+        return {"benchmark": "rd", "images": self.images, "results": [asdict(r) for r in self.results],
+                "comparison": self.comparison}
+
+    def table(self) -> str:
+        """Markdown table of the results, then the comparison."""
+        lines = ["| model | mode | λ | bpp | PSNR (dB) | encode (s) | decode (s) | bytes |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in self.results:
+            lines.append(f"| {r.model} | {r.mode} | {_fmt(r.lmbda, 4)} | {r.bpp:.5f} | {r.psnr_db:.4f} | "
+                         f"{r.encode_s:.3f} | {r.decode_s:.3f} | {r.num_bytes} |")
+        lines.append("")
+        c = self.comparison
+        if c.get("bd_rate_pct") is not None:
+            lines.append(f"BD-rate of integer vs float ({c['points']} rate points, Akima): "
+                         f"{c['bd_rate_pct']:+.4f} %; BD-PSNR {c['bd_psnr_db']:+.5f} dB")
+        elif c.get("bd_error"):
+            lines.append(f"BD deltas not computed: {c['bd_error']}")
+        lines.append("")
+        lines.append("| model | Δbpp integer vs float | ΔPSNR (dB) | encode time ratio | decode time ratio | identical streams |")
+        lines.append("|---|---|---|---|---|---|")
+        for m in c["per_model"]:
+            lines.append(f"| {m['model']} | {m['rate_diff_pct']:+.4f} % | {m['psnr_diff_db']:+.5f} | "
+                         f"{m['encode_time_ratio']:.3f} | {m['decode_time_ratio']:.3f} | "
+                         f"{m['identical_streams']}/{m['images']} |")
+        return "\n".join(lines)
+
+
+def load_images(folder: str | Path, max_side: int | None = None) -> list[tuple[str, Image.Image]]:
+    """Every readable image below ``folder`` (id = relative path), shrunk to ``max_side`` if given."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no image folder at {folder}")
+    images = []
+    for path in list_files(folder):
+        try:
+            image = load_image(path.read_bytes())
+        except Exception:  # noqa: BLE001 - not an image: benchmarks skip it
+            continue
+        if max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        images.append((path.relative_to(folder).as_posix(), image))
+    if not images:
+        raise ValueError(f"no readable images in {folder}")
+    return images
+
+
+def rd_benchmark(codec_dirs: list[str | Path], folder: str | Path, max_side: int | None = None,
+                 max_batch: int = 16, repeats: int = 3, progress=print) -> RDBenchmark:
+    """Measure every codec directory in both modes on the images of ``folder``; times are the best of
+    ``repeats`` runs (other processes only ever add time)."""
+    named = load_images(folder, max_side)
+    names, images = [n for n, _ in named], [im for _, im in named]
+    results = []
+    for directory in codec_dirs:
+        streams_by_mode = {}
+        for mode in MODES:
+            codec = LearnedCodec.from_path(directory, entropy_params=mode, max_batch=max_batch)
+            result, streams = _measure(codec, Path(directory), names, images, repeats)
+            results.append(result)
+            streams_by_mode[mode] = streams
+            progress(f"{result.model} [{mode}]: {result.bpp:.4f} bpp, {result.psnr_db:.3f} dB, "
+                     f"encode {result.encode_s:.2f} s, decode {result.decode_s:.2f} s")
+        _count_identical(results[-2:], streams_by_mode)
+    return RDBenchmark(names, results, compare(results))
+
+
+def _measure(codec: LearnedCodec, directory: Path, names: list[str], images: list[Image.Image], repeats: int):
+    codec.decode(codec.encode(images[0]))  # first-call costs (allocations, tables) stay out of the timings
+    encode_s = decode_s = math.inf
+    for _ in range(max(1, repeats)):
+        started = time.perf_counter()
+        streams = codec.encode_batch(images)
+        encode_s = min(encode_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        decoded = codec.decode_batch(streams)
+        decode_s = min(decode_s, time.perf_counter() - started)
+    per_image = [{"id": name, "num_bytes": len(data), "bpp": len(data) * 8 / (im.width * im.height),
+                  "psnr_db": psnr_db(im, out)} for name, im, data, out in zip(names, images, streams, decoded)]
+    model = directory.resolve().parent.name if directory.name == "codec" else directory.name
+    result = ModeResult(
+        model=model, arch=codec.config.arch, mode=codec.config.entropy_params, model_id=codec.model_id.hex(),
+        lmbda=_lmbda(codec.card), images=len(images), num_bytes=sum(len(s) for s in streams),
+        bpp=_mean([r["bpp"] for r in per_image]), psnr_db=_mean([r["psnr_db"] for r in per_image]),
+        encode_s=encode_s, decode_s=decode_s, per_image=per_image)
+    return result, streams
+
+
+def _count_identical(pair: list[ModeResult], streams_by_mode: dict) -> None:
+    """Mark, per image, whether both modes wrote the same entropy-coded strings (the container differs
+    anyway: it carries the model id)."""
+    for i, (a, b) in enumerate(zip(streams_by_mode["integer"], streams_by_mode["float"])):
+        same = unpack(a).strings == unpack(b).strings
+        for result in pair:
+            result.per_image[i]["identical_strings"] = same
+
+
+def compare(results: list[ModeResult]) -> dict:
+    """Integer vs float: per model, and by Bjontegaard deltas when there are enough rate points."""
+    by_model = {}
+    for r in results:
+        by_model.setdefault(r.model, {})[r.mode] = r
+    per_model = []
+    for model, modes in by_model.items():
+        integer, floating = modes["integer"], modes["float"]
+        per_model.append({
+            "model": model, "lmbda": integer.lmbda, "images": integer.images,
+            "rate_diff_pct": 100.0 * (integer.bpp / floating.bpp - 1.0) if floating.bpp else math.nan,
+            "psnr_diff_db": integer.psnr_db - floating.psnr_db,
+            "encode_time_ratio": integer.encode_s / floating.encode_s if floating.encode_s else math.nan,
+            "decode_time_ratio": integer.decode_s / floating.decode_s if floating.decode_s else math.nan,
+            "identical_streams": sum(bool(p.get("identical_strings")) for p in integer.per_image),
+        })
+    comparison = {"per_model": per_model, "points": len(by_model), "bd_rate_pct": None, "bd_psnr_db": None}
+    archs = {r.arch for r in results}
+    if len(by_model) < BD_MIN_POINTS:
+        comparison["bd_error"] = f"{len(by_model)} rate point(s); Bjontegaard deltas need {BD_MIN_POINTS}"
+    elif len(archs) > 1:
+        comparison["bd_error"] = f"rate points of several architectures ({', '.join(sorted(archs))})"
+    else:
+        comparison.update(_bd(by_model))
+    return comparison
+
+
+def _bd(by_model: dict) -> dict:
+    import bjontegaard
+
+    points = {mode: sorted((m[mode].bpp, m[mode].psnr_db) for m in by_model.values()) for mode in MODES}
+    anchor, test = points["float"], points["integer"]
+    try:
+        args = ([r for r, _ in anchor], [d for _, d in anchor], [r for r, _ in test], [d for _, d in test])
+        return {"bd_rate_pct": float(bjontegaard.bd_rate(*args, method="akima")),
+                "bd_psnr_db": float(bjontegaard.bd_psnr(*args, method="akima"))}
+    except (ValueError, ZeroDivisionError) as exc:  # e.g. rate points that are not monotonic
+        return {"bd_error": f"{type(exc).__name__}: {exc}"}
+
+
+def write_rd(result: RDBenchmark, out: str | Path) -> Path:
+    """``out`` ending in .json gets the full figures (per image too), .md the tables."""
+    out = Path(out)
+    if out.suffix not in (".json", ".md"):
+        raise ValueError(f"--out must end in .json or .md, got {out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".json":
+        out.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=True) + "\n")
+    else:
+        out.write_text("# Integer vs float entropy parameters\n\n"
+                       f"{len(result.images)} images; bpp from the bytes written.\n\n{result.table()}\n")
+    return out
+
+
+def _lmbda(document: dict) -> float:
+    card = document.get("card") or {}
+    for source in (card.get("training"), card.get("config"), card):
+        if isinstance(source, dict) and isinstance(source.get("lmbda"), (int, float)):
+            return float(source["lmbda"])
+    return math.nan
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"

@@ -1,0 +1,72 @@
+"""``latentzip bench rd`` (latentzip.jobs.bench, latentzip.pipeline.benchmarks) on the tiny codec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentzip.jobs import bench, cli
+from latentzip.pipeline.benchmarks import compare
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, _sample_image_cache):
+    folder = tmp_path_factory.mktemp("bench-images")
+    for i, image in enumerate(_sample_image_cache[1:4]):
+        image.save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+def test_rd_writes_json(tiny_codec_dir, tiny_codec_factory, image_folder, tmp_path, capsys):
+    out = tmp_path / "rd.json"
+    other = tiny_codec_factory(seed=1)
+    assert bench.main(["rd", str(tiny_codec_dir), str(other), str(image_folder), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | mode |" in printed and str(out) in printed
+    document = json.loads(out.read_text())
+    assert document["benchmark"] == "rd"
+    assert sorted(document["images"]) == ["img0.png", "img1.png", "img2.png"]
+    results = document["results"]
+    assert [(r["model"], r["mode"]) for r in results] == [
+        (tiny_codec_dir.name, "integer"), (tiny_codec_dir.name, "float"), (other.name, "integer"), (other.name, "float")]
+    for r in results:
+        assert r["images"] == 3 and r["num_bytes"] == sum(p["num_bytes"] for p in r["per_image"])
+        assert r["bpp"] > 0 and r["psnr_db"] > 5 and r["encode_s"] > 0 and r["decode_s"] > 0
+        assert all("identical_strings" in p for p in r["per_image"])
+    assert results[0]["model_id"] != results[1]["model_id"]
+    comparison = document["comparison"]
+    assert comparison["bd_rate_pct"] is None and "need 4" in comparison["bd_error"]
+    assert [m["model"] for m in comparison["per_model"]] == [tiny_codec_dir.name, other.name]
+    for m in comparison["per_model"]:
+        assert abs(m["rate_diff_pct"]) < 50 and abs(m["psnr_diff_db"]) < 1
+
+
+def test_rd_writes_markdown(tiny_codec_dir, image_folder, tmp_path):
+    out = tmp_path / "sub" / "rd.md"
+    assert cli.main(["bench", "rd", str(tiny_codec_dir), str(image_folder), "--out", str(out), "--max-side", "64"]) == 0
+    text = out.read_text()
+    assert "| integer |" in text and "| float |" in text and "Δbpp" in text
+
+
+def test_rd_rejects_bad_arguments(tiny_codec_dir, image_folder, tmp_path, capsys):
+    assert bench.main(["rd", str(tiny_codec_dir), str(image_folder), "--out", str(tmp_path / "rd.txt")]) == 2
+    assert bench.main(["rd", str(tiny_codec_dir), str(tmp_path / "none"), "--out", str(tmp_path / "rd.md")]) == 2
+    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main([])
+
+
+def test_bd_deltas_with_four_rate_points():
+    from latentzip.pipeline.benchmarks import ModeResult
+
+    results = []
+    for i, (bpp, psnr) in enumerate([(0.2, 28.0), (0.4, 31.0), (0.8, 34.0), (1.6, 37.0)]):
+        for mode, factor in (("integer", 1.01), ("float", 1.0)):
+            results.append(ModeResult(f"q{i}", "scale-hyperprior", mode, "00", 0.01, 1, 1, bpp * factor, psnr,
+                                      1.0, 1.0))
+    comparison = compare(results)
+    assert comparison["points"] == 4
+    assert comparison["bd_rate_pct"] == pytest.approx(1.0, abs=0.05)
+    assert comparison["bd_psnr_db"] < 0
