@@ -17,6 +17,8 @@ from latentzip.codecs.classical import FORMATS, ClassicalCodec
 from latentzip.codecs.learned import LearnedCodec
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+#: What the demo (and anything else that needs a learned codec and was given none) uses.
+DEFAULT_ZOO_MODEL = "mean-scale-q5"
 
 
 class UnknownCodecError(ValueError):

@@ -1,9 +1,18 @@
 """``latentzip bench BENCHMARK ...``: measure learned codecs on a folder of images, in this process.
 
 Benchmarks:
-  rd    integer vs float entropy parameters of the same weights: bpp (from bytes written), PSNR,
-        encode/decode seconds, and BD-rate/BD-PSNR when four or more rate points are given
-        (e.g. ``latentzip bench rd runs/q1/codec runs/q2/codec ... photos/val --out rd.md``)
+  rd    the learned models (default: every zoo model) on a folder (default: ../shared/data/photos/val):
+        BD-rate against JPEG 4:2:0, WebP, AVIF and JPEG 2000 (a full report beside the output file), and
+        the integer vs the float entropy parameters of the same weights (bpp, PSNR, speed, BD-rate)
+        (e.g. ``latentzip bench rd --out rd.md`` or ``latentzip bench rd runs/q*/codec --images photos/ --out rd.md``)
+  encode  encode throughput vs CompressAI's per-image path, archive overhead, peak memory, and open +
+        lookup time of a 10,000-image archive (``latentzip bench encode --out encode.md``)
+  train Ray Train images/s against a plain single-process loop of the same step, model and batch
+        (e.g. ``latentzip bench train photos/train --out train.md``)
+  anomaly  bpp as an anomaly score: AUROC and precision at 90 % recall, normal photos against constructed
+        anomalies, beside a PNG-size baseline (``latentzip bench anomaly --model M --out anomaly.md``)
+  decode  one-id decode from a 10,000-image archive vs the bare model decode, bytes read per lookup, and
+        batch decode images/s on Ray (``latentzip bench decode --out decode.md``)
 """
 
 from __future__ import annotations
@@ -12,36 +21,217 @@ import argparse
 import sys
 from pathlib import Path
 
+#: Where the project's validation photos live, relative to a checkout (users pass --images).
+DEFAULT_IMAGES = Path("../shared/data/photos/val")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentzip bench", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    rd = benchmarks.add_parser("rd", help="integer vs float entropy parameters of the same weights",
-                               description="Encode and decode every image with each codec in integer and in "
-                                           "float mode; compare rate, distortion and speed.")
-    rd.add_argument("codecs", nargs="+", type=Path, metavar="CODEC_DIR",
-                    help="codec directories (several lambda points of one architecture for BD-rate)")
-    rd.add_argument("images", type=Path, help="folder of images (searched recursively)")
-    rd.add_argument("--out", required=True, type=Path, help="FILE.json (all figures) or FILE.md (tables)")
+    rd = benchmarks.add_parser("rd", help="learned models against classical codecs, and integer vs float",
+                               description="BD-rate of the learned models against classical codecs (a full "
+                                           "report in OUT's folder), and each model with integer and with float "
+                                           "entropy parameters: rate, distortion and speed.")
+    rd.add_argument("codecs", nargs="*", metavar="MODEL",
+                    help="zoo names or codec directories, several lambda points of one architecture for BD-rate "
+                         "(default: every zoo model)")
+    rd.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                    help=f"folder of images, searched recursively (default {DEFAULT_IMAGES})")
+    rd.add_argument("--out", required=True, type=Path,
+                    help="FILE.json (all figures) or FILE.md (tables); the classical report goes to FILE-report/")
+    rd.add_argument("--against", default="jpeg,webp,avif,jpeg2000",
+                    help="classical codecs for BD-rate, comma-separated, or 'none' (default jpeg,webp,avif,jpeg2000)")
     rd.add_argument("--max-side", type=int, help="shrink images so their longer side is at most this")
     rd.add_argument("--max-batch", type=int, default=16, help="images per encoder/decoder call (default 16)")
     rd.add_argument("--repeats", type=int, default=3, help="timed runs per codec and mode; the best counts (default 3)")
+
+    tr = benchmarks.add_parser("train", help="Ray Train throughput vs a plain training loop",
+                               description="Time the same training step in a plain loop and in Ray Train.")
+    tr.add_argument("data", type=Path, help="training images (folder) or ingest shards")
+    tr.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
+    tr.add_argument("--arch", default="mean-scale-hyperprior")
+    tr.add_argument("--N", type=int, default=64)
+    tr.add_argument("--M", type=int, default=96)
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--patch-size", type=int, default=128)
+    tr.add_argument("--steps", type=int, default=100, help="timed steps per run (default 100)")
+    tr.add_argument("--threads", type=int, default=1, help="torch threads per process / CPUs per worker (default 1)")
+    tr.add_argument("--workers", type=int, default=2, help="also time a DDP run with this many workers (default 2)")
+    tr.add_argument("--repeats", type=int, default=3, help="alternated runs of each loop; the fastest counts (default 3)")
+
+    encode = benchmarks.add_parser("encode", help="encode images/s vs CompressAI; archive overhead; lookup time",
+                                   description="See latentzip.pipeline.bench_encode.")
+    encode.add_argument("--model", help="codec directory or zoo name (default: a fixed-seed N=128/M=192 model)")
+    encode.add_argument("--images", type=Path, help="folder of images (default: crops of the bundled samples)")
+    encode.add_argument("--count", type=int, default=48, help="images to time (default 48)")
+    encode.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    encode.add_argument("--max-batch", type=int, default=16, help="images per compress call (default 16)")
+    encode.add_argument("--repeat", type=int, default=1,
+                        help="time every path this many times, report the median (default 1)")
+    encode.add_argument("--overhead-images", type=int, default=0,
+                        help="measure archive overhead on this many images (extra crops encoded for it only; "
+                             "default: the timed images)")
+    encode.add_argument("--profile", action="store_true",
+                        help="also time each encode stage per batch (decode, pad, g_a, h_a, z coding, h_s, "
+                             "y coding, pack, archive write), for fp32 and bf16 g_a")
+    encode.add_argument("--lookup-images", type=int, default=10_000,
+                        help="images in the lookup archive (default 10000; 0 skips it)")
+    encode.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
+    anomaly = benchmarks.add_parser("anomaly", help="bpp as an anomaly score: AUROC against a PNG baseline",
+                                    description="Normal photos against constructed anomalies (noise, heavy JPEG, "
+                                                "text screenshots, saturated, cartoons); see "
+                                                "latentzip.pipeline.bench_anomaly.")
+    anomaly.add_argument("--model", required=True, help="learned codec: a codec directory or a zoo name")
+    anomaly.add_argument("--normal", type=Path, default=Path("/work/shared/data/photos/val"),
+                         help="folder of normal photos (default /work/shared/data/photos/val)")
+    anomaly.add_argument("--out", required=True, type=Path, help="FILE.json (all figures) or FILE.md (table)")
+    anomaly.add_argument("--max-side", type=int, default=384, help="shrink photos to this longer side (default 384)")
+    anomaly.add_argument("--recall", type=float, default=0.9, help="recall for the precision figure (default 0.9)")
+    decode = benchmarks.add_parser("decode", help="one-id decode vs bare model decode; bytes per lookup; batch images/s",
+                                   description="See latentzip.pipeline.bench_decode.")
+    decode.add_argument("--archive", type=Path, help="measure this archive instead of building one")
+    decode.add_argument("--count", type=int, default=10_000, help="images in the built archive (default 10000)")
+    decode.add_argument("--model", help="codec directory or zoo name to build with (default: tiny fixed-seed N=16/M=24)")
+    decode.add_argument("--images", type=Path, help="folder of images to build from (default: 64x64 generated crops)")
+    decode.add_argument("--trials", type=int, default=20, help="random ids timed (default 20)")
+    decode.add_argument("--batch-images", type=int, default=500,
+                        help="ids decoded on Ray for images/s (default 500; 0 skips it)")
+    decode.add_argument("--threads", type=int, default=1, help="torch threads in this process (default 1)")
+    decode.add_argument("--workdir", type=Path, help="where the archive and batch output go (default: a temp folder)")
+    decode.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
     return parser
+
+
+def _train(args) -> int:
+    import json
+
+    from latentzip.pipeline.bench_train import bench_train, markdown
+    from latentzip.pipeline.raycluster import ensure_ray
+    from latentzip.pipeline.training import TrainConfig
+
+    config = TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
+                         patch_size=args.patch_size, num_workers=1)
+    ensure_ray()
+    result = bench_train(args.data, config, steps=args.steps, threads=args.threads, workers=args.workers,
+                         repeats=args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n" if args.out.suffix == ".json"
+                        else "# Ray Train vs a plain loop\n\n" + markdown(result))
+    print(markdown(result), end="")
+    print(f"written to {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.benchmark == "decode":
+        return _decode(args)
+    if args.benchmark == "anomaly":
+        return _anomaly(args)
+    if args.benchmark == "encode":
+        return _encode(args)
+    if args.benchmark == "train":
+        try:
+            return _train(args)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"latentzip bench train: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _rd(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"latentzip bench {args.benchmark}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _rd(args) -> int:
+    from latentzip.codecs.classical import FORMATS
+    from latentzip.codecs.registry import zoo_models
     from latentzip.pipeline.benchmarks import rd_benchmark, write_rd
+
+    if args.out.suffix not in (".json", ".md"):
+        raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
+    against = [] if args.against == "none" else [c.strip() for c in args.against.split(",") if c.strip()]
+    unknown = [c for c in against if c not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown classical codec(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    zoo = zoo_models()
+    names = args.codecs or list(zoo)
+    if not names:
+        raise ValueError("no models given and the zoo is empty")
+    directories = [zoo.get(str(name), Path(name)) for name in names]
+    if not args.images.is_dir():
+        raise FileNotFoundError(f"no image folder at {args.images} (give one with --images)")
+    classical = None
+    if against:
+        from latentzip.pipeline.raycluster import ensure_ray
+        from latentzip.pipeline.report import report
+
+        ensure_ray()
+        classical = report([], args.images, args.out.with_name(args.out.stem + "-report"), classical=against,
+                           models=[str(d) for d in directories])
+    result = rd_benchmark(directories, args.images, max_side=args.max_side, max_batch=args.max_batch,
+                          repeats=args.repeats)
+    path = write_rd(result, args.out, classical)
+    print(result.table())
+    if classical is not None:
+        print(f"classical report: {classical.markdown} (HTML {classical.html})")
+    print(f"written to {path}")
+    return 0
+
+
+def _encode(args) -> int:
+    from latentzip.pipeline.bench_encode import bench_encode, write_result
 
     try:
         if args.out.suffix not in (".json", ".md"):
             raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        result = rd_benchmark(args.codecs, args.images, max_side=args.max_side, max_batch=args.max_batch,
-                              repeats=args.repeats)
-        path = write_rd(result, args.out)
+        if args.repeat < 1:
+            raise ValueError("--repeat must be at least 1")
+        result = bench_encode(args.model, args.images, count=args.count, threads=args.threads,
+                              max_batch=args.max_batch, lookup_images=args.lookup_images,
+                              repeats=args.repeat, profile=args.profile, overhead_images=args.overhead_images)
+        path = write_result(result, args.out)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"latentzip bench {args.benchmark}: error: {exc}", file=sys.stderr)
+        print(f"latentzip bench encode: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.table())
+    print(f"written to {path}")
+    return 0
+
+
+def _anomaly(args) -> int:
+    from latentzip.codecs.registry import UnknownCodecError
+    from latentzip.pipeline.bench_anomaly import anomaly_benchmark, write_anomaly
+
+    try:
+        if args.out.suffix not in (".json", ".md"):
+            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
+        result = anomaly_benchmark(args.model, args.normal, max_side=args.max_side, recall=args.recall)
+        path = write_anomaly(result, args.out)
+    except (UnknownCodecError, ValueError, FileNotFoundError) as exc:
+        print(f"latentzip bench anomaly: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.table())
+    print(f"written to {path}")
+    return 0
+
+
+def _decode(args) -> int:
+    from latentzip.pipeline.bench_decode import bench_decode, write_result
+
+    try:
+        if args.out.suffix not in (".json", ".md"):
+            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
+        if args.batch_images:
+            from latentzip.pipeline.raycluster import ensure_ray
+
+            ensure_ray()
+        result = bench_decode(args.archive, count=args.count, trials=args.trials, batch_images=args.batch_images,
+                              threads=args.threads, model=args.model, images=args.images, workdir=args.workdir)
+        path = write_result(result, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"latentzip bench decode: error: {exc}", file=sys.stderr)
         return 2
     print(result.table())
     print(f"written to {path}")

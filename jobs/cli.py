@@ -7,11 +7,18 @@ import sys
 
 COMMANDS = {
     "ingest": "folder of images -> Parquet shards (unreadable files listed, not fatal)",
-    "train": "train a learned codec with Ray Train (DDP over workers)",
+    "train": "train a learned codec with Ray Train (DDP over workers; --sweep for several rate points)",
+    "zoo": "the trained codecs shipped in the package, one per line, name first (show NAME: its card)",
     "encode": "Parquet shards -> entropy-coded bitstreams in a Zarr archive (Ray Data job)",
     "decode": "archive -> images: one id on demand, or many in parallel on Ray",
+    "verify": "check an archive: checksums, index, counts, optionally decode a sample; problems per id",
     "report": "rate-distortion report: learned codec vs JPEG, WebP, JPEG 2000, AVIF, JPEG XL",
-    "bench": "benchmarks of learned codecs (rd: integer vs float entropy parameters)",
+    "bench": "benchmarks of learned codecs (rd: integer vs float entropy parameters; encode: throughput, archive)",
+    "sample": "draw new images from a learned codec's prior (ancestral sampling)",
+    "interpolate": "decode the latent-space path between two images",
+    "score": "bits per pixel as an anomaly score: rows, calibration, heat maps (Ray job or an archive)",
+    "submit": "run any of these jobs on a Ray cluster through Ray's Job Submission API (project shipped as a wheel)",
+    "jobs": "jobs on a Ray cluster: list, status ID, logs ID, stop ID",
     "demo": "the whole pipeline on bundled sample photos, on an embedded local Ray",
 }
 

@@ -1,8 +1,14 @@
-"""``latentzip decode ARCHIVE --id ID -o out.png`` or ``latentzip decode ARCHIVE --all -o DIR``.
+"""``latentzip decode ARCHIVE --id ID [-o out.png]``, several ``--id``, ``--range START:STOP`` or ``--all``.
 
-One id with ``-o FILE.png`` decodes in this process and reads only that item. Several ids, or ``--all``,
-decode in parallel on Ray into ``DIR/<id>.png``; a rerun skips PNGs already written. The model is the one
-named in the archive's provenance, checked against the model id the archive records.
+One id as PNG decodes in this process and reads only that item. Several ids, a range of archive
+positions (the archive's ids in commit order, as `--list` prints them; Python slice rules, e.g. 0:100,
+100:, -10:) or --all decode in parallel on Ray: into DIR/<id>.png (a rerun skips PNGs already written),
+or with --format parquet into one Parquet file of PNG bytes (columns id, png, width, height). The model is
+the one named in the archive's provenance, checked against the model id the archive records.
+
+Exit status: 0 when every id decoded; 1 when some ids failed in a batch (each listed with its reason);
+2 when nothing could start: a missing id, a model that is not available, a corrupt item or a stream that
+does not decode (single id), or bad arguments. Errors name the id.
 """
 
 from __future__ import annotations
@@ -15,14 +21,19 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentzip decode", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("archive", type=Path, help="archive written by `latentzip encode`")
+    parser.add_argument("archive", help="archive written by `latentzip encode`: a folder or an fsspec URL (s3://...)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", dest="ids", action="append", metavar="ID",
                        help="id to decode (repeatable); ids are the paths relative to the ingested folder")
+    which.add_argument("--range", metavar="START:STOP",
+                       help="archive positions to decode (ids in commit order, as --list prints them)")
     which.add_argument("--all", action="store_true", help="decode every image in the archive")
     which.add_argument("--list", action="store_true", help="print the archive's ids and stop")
+    parser.add_argument("--format", choices=("png", "parquet"), default="png",
+                        help="png: one PNG file per id (default); parquet: one Parquet file of PNG bytes")
     parser.add_argument("-o", "--out", type=Path,
-                        help="output: a .png file for a single --id, else a folder (default ./decoded)")
+                        help="output: a .png file for a single --id, else a folder (default ./decoded), or the "
+                             ".parquet file with --format parquet (default ./decoded.parquet)")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     return parser
 
@@ -31,22 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.bitstream import BitstreamError
     from latentzip.pipeline.archive import ArchiveError, ItemNotFoundError, open_archive
-    from latentzip.pipeline.decoding import decode_archive, decode_to_file, output_path
+    from latentzip.pipeline.decoding import (DecodeError, decode_archive, decode_to_file, output_path,
+                                             parse_range)
 
     try:
         archive = open_archive(args.archive)
         if args.list:
             print("\n".join(archive.ids))
             return 0
-        if args.ids and len(args.ids) == 1 and (args.out is None or args.out.suffix.lower() == ".png"):
+        positions = parse_range(args.range) if args.range else None
+        single = args.ids and len(args.ids) == 1 and args.format == "png"
+        if single and (args.out is None or args.out.suffix.lower() == ".png"):
             target = args.out or output_path(Path("."), args.ids[0])
             print(f"decoded {args.ids[0]} to {decode_to_file(archive, args.ids[0], target)}")
             return 0
         from latentzip.pipeline.raycluster import ensure_ray
 
         ensure_ray(address=args.address)
-        summary = decode_archive(args.archive, args.out or Path("decoded"), ids=None if args.all else args.ids)
-    except (ArchiveError, ItemNotFoundError, BitstreamError, FileNotFoundError, ValueError) as exc:
+        default = Path("decoded.parquet" if args.format == "parquet" else "decoded")
+        summary = decode_archive(args.archive, args.out or default, ids=args.ids, positions=positions,
+                                 format=args.format)
+    except (ArchiveError, ItemNotFoundError, BitstreamError, DecodeError, FileNotFoundError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else exc
         print(f"latentzip decode: error: {message}", file=sys.stderr)
         return 2

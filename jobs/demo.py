@@ -1,9 +1,8 @@
 """``latentzip demo``: the whole pipeline on the bundled sample photos, on an embedded local Ray.
 
-ingest -> train a small codec (2 Ray Train workers, a few minutes on CPU) -> encode into a Zarr archive
--> decode every image -> rate-distortion report beside JPEG, WebP, JPEG 2000, AVIF and JPEG XL. The codec
-is tiny and trained briefly on the very photos it then compresses: the demo shows the machinery, not the
-rate-distortion a fully trained model reaches. Rerunning resumes or skips finished stages.
+ingest -> encode into a Zarr archive with the zoo's default codec (or, with --train, a small codec
+trained here first: 2 Ray Train workers, a few minutes on CPU) -> decode every image -> rate-distortion
+report beside JPEG, WebP, JPEG 2000, AVIF and JPEG XL. Rerunning resumes or skips finished stages.
 """
 
 from __future__ import annotations
@@ -25,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default ./latentzip-demo)")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of images to use instead of the bundled samples")
+    parser.add_argument("--model", default=None,
+                        help="codec to use: a zoo name or a codec directory (default: the zoo's default model)")
+    parser.add_argument("--train", action="store_true",
+                        help="train a small codec on the images first and use it (the whole pipeline)")
     parser.add_argument("--steps", type=int, default=2000, help="training steps (default 2000: about 4 minutes on 2 cores)")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from latentzip.pipeline.raycluster import ensure_ray
     from latentzip.pipeline.report import report
     from latentzip.pipeline.shards import ingest
+    from latentzip.codecs.registry import DEFAULT_ZOO_MODEL, zoo_models
     from latentzip.pipeline.training import TrainConfig, train
 
     started = time.perf_counter()
@@ -50,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray(num_cpus=args.num_cpus)
     stage(f"ingest {images}")
     shards = ingest(images, out / "shards", images_per_shard=4)
-    stage(f"train a small codec with {args.workers} Ray Train workers")
-    config = TrainConfig(N=64, M=96, lmbda=0.025, batch_size=4, patch_size=128, steps=args.steps,
-                         checkpoint_every=max(1, args.steps // 4), num_workers=args.workers,
-                         max_side=512, lr=5e-4, aux_lr=1e-2, log_every=100)
-    trained = train(shards.out_dir, out / "demo-codec", config)
-    stage("encode into a Zarr archive on Ray Data")
-    summary = encode(shards.out_dir, out / "archive.zarr", str(trained.codec_dir), batch_size=4)
+    model = args.model
+    if args.train or (model is None and DEFAULT_ZOO_MODEL not in zoo_models()):
+        stage(f"train a small codec with {args.workers} Ray Train workers")
+        config = TrainConfig(N=64, M=96, lmbda=0.025, batch_size=4, patch_size=128, steps=args.steps,
+                             checkpoint_every=max(1, args.steps // 4), num_workers=args.workers,
+                             max_side=512, lr=5e-4, aux_lr=1e-2, log_every=100)
+        model = str(train(shards.out_dir, out / "demo-codec", config).codec_dir)
+    model = model or DEFAULT_ZOO_MODEL
+    stage(f"encode into a Zarr archive on Ray Data with {model}")
+    summary = encode(shards.out_dir, out / "archive.zarr", model, batch_size=4)
     print(summary.describe())
     stage("decode every image on Ray")
     decoded = decode_archive(out / "archive.zarr", out / "decoded")
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("rate-distortion report")
     result = report(out / "archive.zarr", shards.out_dir, out / "report")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
-    print(f"  codec:          {trained.codec_dir}")
+    print(f"  codec:          {model}")
     print(f"  archive:        {out / 'archive.zarr'}  ({summary.images + summary.skipped} images)")
     print(f"  decoded images: {out / 'decoded'}")
     print(f"  report:         {result.markdown}")

@@ -1,14 +1,21 @@
-"""``python -m latentzip.jobs.report ARCHIVE ORIGINALS --out DIR``: rate-distortion report of an archive.
+"""``latentzip report ARCHIVE [ARCHIVE ...] ORIGINALS --out DIR`` or ``latentzip report --images DIR --model CODEC[,CODEC...] --out DIR``.
 
-Measures the archive's learned codec (bpp from the bytes it stores, PSNR and MS-SSIM of its decoded
-images) against classical codecs swept over their qualities, on the images found in both ARCHIVE and
-ORIGINALS. Writes DIR/report.md, DIR/rows.parquet, DIR/summary.parquet and the RD plots DIR/rd_psnr.png
-(and DIR/rd_msssim.png for images of at least 161 px). One Ray task per image, unless --no-ray.
+Rate-distortion report of learned codecs against classical codecs (JPEG 4:2:0 and 4:4:4, WebP, JPEG 2000,
+AVIF, JPEG XL) swept over their qualities, extended until they cover the learned bpp range. Learned models
+come from archives (bpp from the bytes they store, their decoded images measured; only images found in
+ORIGINALS and in every archive) and/or from --model codecs that encode the images on the fly. Models of
+one architecture with distinct training lambdas form one RD curve, for BD-rate and BD-PSNR / BD-MS-SSIM
+against every classical codec (needs >= 4 rate points per curve).
+
+Writes DIR/report.html (self-contained: plots embedded), DIR/report.md, DIR/rows.parquet (per image, codec
+and quality), DIR/summary.parquet, DIR/bd.parquet and DIR/bd.json, and the RD plots DIR/rd_psnr.png (and
+DIR/rd_msssim.png for images of at least 161 px). One Ray task per image, unless --no-ray.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -41,14 +48,45 @@ def parse_qualities(text: str) -> dict[str, list[float]]:
     return out
 
 
+def bd_lines(bd) -> list[str]:
+    """One printed line per BD entry: ``BD <learned> vs <anchor> [metric]: rate +x %, quality +y``."""
+    out = []
+    for row in bd:
+        if row.note and "needs" in row.note:
+            out.append(f"BD {row.learned} vs {row.anchor} [{row.metric}]: n/a ({row.note})")
+            continue
+        rate = "n/a" if math.isnan(row.bd_rate_pct) else f"{row.bd_rate_pct:+.1f} %"
+        quality = "n/a" if math.isnan(row.bd_quality) else f"{row.bd_quality:+.4f}"
+        out.append(f"BD {row.learned} vs {row.anchor} [{row.metric}]: BD-rate {rate}, BD-quality {quality}"
+                   + (f" ({row.note})" if row.note else ""))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentzip-report", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("archive", type=Path, help="latentzip archive (a .zarr folder written by the encode job)")
-    parser.add_argument("originals", type=Path,
-                        help="the original images: ingest's folder of Parquet shards, one shard, or the folder of "
-                             "images that was ingested (ids are paths relative to it)")
+    parser.add_argument("inputs", type=Path, nargs="*", metavar="ARCHIVE ... ORIGINALS",
+                        help="latentzip archives (.zarr folders written by the encode job), then the original images: "
+                             "ingest's folder of Parquet shards, one shard, or the folder of images that was "
+                             "ingested (ids are paths relative to it)")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="a folder of images (or ingest shards) to encode on the fly with --model, instead of "
+                             "positional ORIGINALS")
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="CODEC[,CODEC...]",
+                        help="learned codec (trained codec directory or zoo name) that encodes the images on the fly; "
+                             "repeatable, or comma-separated")
+    parser.add_argument("--series", metavar="NAME",
+                        help="name every learned model as points of one RD curve NAME (default: models sharing an "
+                             "architecture with distinct lambdas form one curve named after it)")
+    parser.add_argument("--reference", dest="references", action="append", default=[], type=Path, metavar="FILE.json",
+                        help="labelled reference RD series drawn on the plots (CompressAI results JSON or "
+                             "{label, source, bpp, psnr_db, ms_ssim}); repeatable")
+    parser.add_argument("--min-points", type=int, default=4, metavar="N",
+                        help="fewest rate points per curve for a BD delta (default 4; fewer gives an indicative "
+                             "number, flagged in the report)")
+    parser.add_argument("--no-extend", action="store_true",
+                        help="keep the quality sweeps as given even if they do not cover the learned bpp range")
     parser.add_argument("--out", required=True, type=Path, help="output folder for report.md, Parquet tables and plots")
     parser.add_argument("--codecs", type=parse_codecs, default=list(FORMATS), metavar="jpeg,webp,...",
                         help=f"classical codecs to compare against (default: all of {','.join(FORMATS)})")
@@ -64,18 +102,37 @@ def main(argv: list[str] | None = None) -> int:
     from latentzip.pipeline.raycluster import ensure_ray
     from latentzip.pipeline.report import report
 
+    models = [m.strip() for text in args.models for m in text.split(",") if m.strip()]
+    if args.images is not None:
+        if args.inputs:
+            print("latentzip-report: error: give either --images DIR or positional ARCHIVE ... ORIGINALS, not both",
+                  file=sys.stderr)
+            return 2
+        archives, originals = [], args.images
+    elif len(args.inputs) >= 2 or (args.inputs and models):
+        archives, originals = args.inputs[:-1], args.inputs[-1]
+    else:
+        print("latentzip-report: error: expected ARCHIVE ... ORIGINALS, or ORIGINALS / --images DIR with --model",
+              file=sys.stderr)
+        return 2
     try:
         if not args.no_ray:
             ensure_ray(address=args.address)
-        result = report(args.archive, args.originals, args.out, classical=args.codecs,
-                        qualities=args.qualities, use_ray=not args.no_ray)
-    except (ValueError, FileNotFoundError) as exc:
+        result = report(archives, originals, args.out, classical=args.codecs, qualities=args.qualities,
+                        use_ray=not args.no_ray, models=models, series=args.series, references=args.references,
+                        extend_sweeps=not args.no_extend, min_points=args.min_points)
+    except (ValueError, FileNotFoundError) as exc:  # unknown codecs and bad archives are ValueErrors
         print(f"latentzip-report: error: {exc}", file=sys.stderr)
         return 2
     print(f"measured {result.images} images: {result.rows} rows, {len(result.errors)} failures")
-    print(f"report: {result.markdown}")
+    for note in result.coverage:
+        print(f"sweep: {note.replace('**', '')}")
+    for line in bd_lines(result.bd):
+        print(line)
+    print(f"report: {result.html}")
+    print(f"        {result.markdown}")
     print(f"plots:  {', '.join(str(p) for p in (result.rd_psnr, result.rd_msssim) if p)}")
-    print(f"tables: {result.rows_parquet}, {result.summary_parquet}")
+    print(f"tables: {result.rows_parquet}, {result.summary_parquet}, {result.bd_parquet}, {result.bd_json}")
     return 0
 
 

@@ -3,7 +3,8 @@
 DATA is a folder of images or ingest's Parquet shards. Settings come from the TrainConfig defaults, then
 --config FILE.toml (flat keys named like the TrainConfig fields, e.g. steps = 5000, min_scale = 0.5), then
 the flags given here. Rerunning with the same --out resumes from the last checkpoint; raise --steps to
-train further.
+train further. --sweep L1,L2,... trains one codec per lambda concurrently (OUT/lambda-<L>/codec), sharing
+the cluster's CPUs and GPUs between the trials.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from latentzip.codecs.hyperprior import ARCHITECTURES
 _FIELDS = {
     "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",
     "patch_size": "patch_size", "workers": "num_workers", "gpu": "use_gpu", "checkpoint_every": "checkpoint_every",
-    "lr": "lr", "seed": "seed", "validate_every": "validate_every",
+    "lr": "lr", "seed": "seed", "validate_every": "validate_every", "max_failures": "max_failures",
 }
 
 
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed of the initial weights and the patch sampling (default 0)")
     parser.add_argument("--val", help="validation images (folder or shards), evaluated whole on rank 0")
     parser.add_argument("--validate-every", type=int, help="steps between validations (default 0: never)")
+    parser.add_argument("--init-from", metavar="CODEC",
+                        help="start from a trained codec's weights (a zoo name or a codec directory); its "
+                             "steps count towards --steps")
+    parser.add_argument("--max-failures", type=int,
+                        help="worker-group restarts from the last checkpoint after a failure (default 0)")
+    parser.add_argument("--sweep", metavar="L1,L2,...",
+                        help="train one codec per lambda, concurrently, into OUT/lambda-<L> (ignores --lmbda)")
+    parser.add_argument("--max-concurrent", type=int, help="with --sweep: at most this many trials at a time")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     return parser
 
@@ -70,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_ray(address=args.address)
         config = resolve_config(args, cluster_gpus() > 0)
-        result = train(args.data, args.out, config, val=args.val)
+        if args.sweep:
+            return _sweep(args, config)
+        result = train(args.data, args.out, config, val=args.val, init_from=_codec_dir(args.init_from))
     except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         print(f"latentzip-train: error: {exc}", file=sys.stderr)
         return 2
@@ -79,6 +90,30 @@ def main(argv: list[str] | None = None) -> int:
           f"loss {metrics.get('loss', float('nan')):.4f}, estimated bpp {metrics.get('bpp_estimate', float('nan')):.3f}, "
           f"PSNR {metrics.get('psnr_db', float('nan')):.2f} dB")
     print(f"codec written to {result.codec_dir} (model id {result.model_id})")
+    return 0
+
+
+def _codec_dir(name: str | None):
+    if name is None:
+        return None
+    from latentzip.codecs.registry import zoo_models
+
+    return zoo_models().get(name, name)
+
+
+def _sweep(args: argparse.Namespace, config) -> int:
+    from latentzip.pipeline.sweep import train_sweep
+
+    try:
+        lambdas = [float(value) for value in args.sweep.split(",") if value.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep expects comma-separated numbers, got {args.sweep!r}") from None
+    results = train_sweep(args.data, args.out, config, lambdas, val=args.val, max_concurrent=args.max_concurrent)
+    print("lambda  steps  bpp~    PSNR dB  codec")
+    for lmbda, result in zip(lambdas, results):
+        metrics = result.metrics
+        print(f"{lmbda:<7g} {result.steps:<6d} {metrics.get('bpp_estimate', float('nan')):<7.3f} "
+              f"{metrics.get('psnr_db', float('nan')):<8.2f} {result.codec_dir}")
     return 0
 
 

@@ -1,49 +1,58 @@
-"""The Zarr v3 archive of encoded images: the only module that imports zarr.
+"""The Zarr v3 archive of encoded images, format version 2: the only module that imports zarr.
 
-Layout, format version 1 (a Zarr v3 group; every array 1-D and of a data type with a v3 specification)::
+The layout, the commit protocol and the index are specified in docs/archive-format.md; this module is
+that specification's one implementation. In short: a Zarr v3 group whose arrays are all ``uint8`` or
+``int64`` and sharded (``sharding_indexed``, ``crc32c`` inside every chunk's codecs). Items arrive in
+*segments* (one per unit of work: a shard or a file group). Each segment's rows and bytes start on a fresh zarr
+shard of every array, so no zarr shard is ever written by two segments; the segment's row in ``segments``
+plus the group attribute ``segments`` (the count, raised last) are its completion marker. An open-addressing
+hash table maps a 64-bit hash of each id to its row, so a lookup reads one index chunk, one row and its id.
 
-    archive.zarr/
-      zarr.json            group attributes under "latentzip" (see below)
-      bitstreams  uint8    every item's bitstream container, back to back
-      offsets     int64    item i is bitstreams[offsets[i] : offsets[i + 1]]   (count + 1 entries)
-      ids         uint8    every item's UTF-8 id, back to back
-      id_offsets  int64    item i's id is ids[id_offsets[i] : id_offsets[i + 1]] (count + 1 entries)
-      height      uint32   original image height in pixels
-      width       uint32   original image width in pixels
-      crc32       uint32   CRC-32 of the item's bitstream bytes
-      source      int32    index into attribute "sources" (the shard or folder the item came from)
-
-Group attribute ``latentzip`` holds: ``format`` ("latentzip-archive"), ``format_version``, ``count`` (the
-number of committed items), ``model_id`` and ``codec`` (the codec card's config), ``model_ref`` (where the
-weights are: a zoo name or a path), ``package_version``, ``created``, ``sources``, ``jobs`` (one record
-per encode job) and ``failures`` (id and reason of every input that could not be encoded).
-
-Appends write the arrays first and raise ``count`` last, so ``count`` is the commit point: a job that dies
-mid-append leaves bytes past ``count`` that readers ignore and the next append overwrites. Bitstreams are
-variable-length bytes stored as uint8 + int64 offsets rather than zarr's ``VariableLengthBytes``, which has
-no Zarr v3 specification, so any Zarr v3 reader can open the archive.
+Where: a local folder (a path or a ``file://`` URL), or any fsspec URL zarr can open (``s3://``, ``gs://``,
+...; the filesystem's package must be installed, e.g. s3fs, and it is configured the usual way: for S3,
+AWS_* variables, AWS_ENDPOINT_URL for an S3-compatible endpoint). The single-writer lock is a local
+``flock``, so it guards local archives only: object stores offer no such lock here, and keeping to one
+encode job per archive on object storage is the caller's job.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import zlib
+import fcntl
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import latentzip
 from latentzip.codecs.hyperprior import CodecConfig
 from latentzip.codecs.registry import load_codec
 
 FORMAT = "latentzip-archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTRS_KEY = "latentzip"
-_BYTES_CHUNK = 1 << 20
-_ITEMS_CHUNK = 1 << 14
-_ITEM_ARRAYS = {"height": "uint32", "width": "uint32", "crc32": "uint32", "source": "int32"}
+ITEM_COLUMNS = ("key", "status", "id_offset", "id_length", "offset", "length", "height", "width",
+                "checksum", "mode", "source", "segment")
+SEGMENT_COLUMNS = ("row_start", "rows", "ids_start", "ids_bytes", "bytes_start", "num_bytes",
+                   "reasons_start", "reasons_bytes", "images", "failures", "unit", "job")
+#: Original image modes, by code (the ``mode`` column); -1 is a mode not in this list.
+MODES = ("RGB", "L", "1", "P", "RGBA", "LA", "PA", "I;16", "I;16B", "I;16L", "I", "CMYK", "YCbCr", "LAB",
+         "HSV", "F", "La", "RGBa")
+OK, FAILED = 0, 1
+I = {name: i for i, name in enumerate(ITEM_COLUMNS)}
+S = {name: i for i, name in enumerate(SEGMENT_COLUMNS)}
+#: name -> (dtype, inner chunk, shard) of the 1-D byte arrays and 2-D tables; index arrays are separate.
+_BYTE_ARRAYS = {"bitstreams": (1 << 16, 1 << 24), "ids": (1 << 14, 1 << 20), "reasons": (1 << 14, 1 << 20)}
+_TABLES = {"items": (len(ITEM_COLUMNS), 256, 1024), "segments": (len(SEGMENT_COLUMNS), 256, 4096)}
+_INDEX_CHUNK, _INDEX_SHARD, _INDEX_MIN = 1024, 1 << 16, 1 << 12
+#: Rows committed but not yet in the hash table before a writer folds them in (bounds a reader's scan).
+_INDEX_LAG = 1 << 16
+_LOCKS: dict[str, list] = {}
 
 
 class ArchiveError(ValueError):
@@ -65,77 +74,226 @@ class Item:
     height: int
     width: int
     source: str
+    mode: str = "RGB"
 
     @property
     def bpp(self) -> float:
         return len(self.data) * 8 / (self.height * self.width)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be encoded, with why (the archive's errors table)."""
+    id: str
+    reason: str
+    source: str
+
+
+def id_key(item_id: str) -> int:
+    """The 64-bit hash of an id used by the index (0 and -1 are reserved: empty slot, fill row)."""
+    key = int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little", signed=True)
+    return 1 if key in (0, -1) else key
+
+
+def checksum(data: bytes) -> int:
+    """CRC-32C of an item's bitstream bytes (the ``checksum`` column)."""
+    return int(google_crc32c.value(data))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _align(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 class Archive:
-    """Read access to an archive: ids, stored bytes, per-item metadata, and decoding."""
+    """Read access to an archive: ids, stored bytes, per-item metadata, errors, and decoding.
+
+    Opening reads the group attributes only; a lookup reads one index chunk, one item row and the id's
+    bytes (plus, while a writer is mid-job, the keys of segments it has not indexed yet).
+    """
 
     def __init__(self, path: str | Path, mode: str = "r"):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.path = location(path)
+        if not _has_file(self.path, "zarr.json"):
             raise ArchiveError(f"{self.path} is not a Zarr v3 archive (no zarr.json)")
         self.group = zarr.open_group(str(self.path), mode=mode)
+        self._codec = None
+        # Read-only: each array's metadata is read once per object, not on every lookup (a writer's arrays
+        # change shape, so it opens them afresh).
+        self._arrays: dict | None = {} if mode == "r" else None
+        self._refresh()
+
+    def _refresh(self) -> None:
         meta = dict(self.group.attrs).get(ATTRS_KEY)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ArchiveError(f"{self.path} is a Zarr group but not a latentzip archive")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ArchiveError(
-                f"{self.path} has archive format version {meta.get('format_version')}; "
-                f"this latentzip ({latentzip.__version__}) reads version {FORMAT_VERSION}"
-            )
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            hint = (" (version 1 archives, written before sharding, are not read by this release: re-run "
+                    "`latentzip encode` on the same shards into a new archive)") if version == 1 else ""
+            raise ArchiveError(f"{self.path} has archive format version {version}; this latentzip "
+                               f"({latentzip.__version__}) reads version {FORMAT_VERSION}{hint}")
         self.meta = meta
-        self._codec = None
-        self._load_index()
+        state = (meta["segments"], meta["index"]["segments"], meta["index"]["array"])
+        if state != getattr(self, "_state", None):  # caches stay valid while nothing was committed
+            self._state = state
+            if self._arrays:
+                self._arrays = {}
+            self._ids: list[str] | None = None
+            self._pending: dict[int, list[int]] | None = None
 
-    def _load_index(self) -> None:
-        count = self.meta["count"]
-        id_offsets = self.group["id_offsets"][: count + 1] if count else np.zeros(1, np.int64)
-        raw = bytes(self.group["ids"][: int(id_offsets[-1])]) if count else b""
-        self.ids = [raw[id_offsets[i] : id_offsets[i + 1]].decode() for i in range(count)]
-        self._index = {item_id: i for i, item_id in enumerate(self.ids)}
-
+    # -- reading -------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.meta["count"]
 
     def __contains__(self, item_id: str) -> bool:
-        return item_id in self._index
+        return self._find(item_id) is not None
 
     @property
     def model_id(self) -> str:
         return self.meta["model_id"]
 
+    @property
+    def ids(self) -> list[str]:
+        """Every encoded id in commit order (reads every id: O(n); lookups do not need it)."""
+        if self._ids is None:
+            self._ids = [item_id for rows, ids in self._segment_tables() for item_id, row in
+                         zip(ids, rows) if row[I["status"]] == OK]
+        return self._ids
+
+    def segments(self) -> np.ndarray:
+        """The committed segment records, one row per ``SEGMENT_COLUMNS``."""
+        count = self.meta["segments"]
+        return self.group["segments"][:count] if count else np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
+
+    def _segment_tables(self, segments: np.ndarray | None = None):
+        """(item rows, ids) of each committed segment, in order."""
+        for seg in self.segments() if segments is None else segments:
+            start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
+            if n == 0:
+                continue
+            rows = self.group["items"][start : start + n]
+            raw = self._read_bytes("ids", int(seg[S["ids_start"]]), int(seg[S["ids_bytes"]]))
+            base = int(seg[S["ids_start"]])
+            ids = [raw[o - base : o - base + n_].decode() for o, n_ in rows[:, I["id_offset"] : I["id_length"] + 1]]
+            yield rows, ids
+
+    def _array(self, name: str):
+        if self._arrays is None:
+            return self.group[name]
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    def _read_bytes(self, name: str, start: int, length: int) -> bytes:
+        return self._array(name)[start : start + length].tobytes() if length else b""
+
+    def _find(self, item_id: str) -> int | None:
+        """The row of an encoded id, or None."""
+        found = self._find_record(item_id)
+        return None if found is None else found[0]
+
+    def _find_record(self, item_id: str) -> tuple[int, np.ndarray] | None:
+        """(row, item record) of an encoded id, or None."""
+        key = id_key(item_id)
+        index = self.meta["index"]
+        candidates = []
+        if index["capacity"]:
+            chunk = _probe_chunk(self._array(index["array"]), key, index["capacity"])
+            candidates = [int(r) for k, r in chunk if k == key]
+        candidates += self._unindexed().get(key, [])
+        for row in candidates:
+            record = self._array("items")[row]
+            if record[I["status"]] == OK and self._read_bytes(
+                    "ids", int(record[I["id_offset"]]), int(record[I["id_length"]])) == item_id.encode():
+                return row, record
+        return None
+
+    def _unindexed(self) -> dict[int, list[int]]:
+        """key -> rows of committed segments the index does not cover yet (normally none)."""
+        if self._pending is None:
+            self._pending = {}
+            if self.meta["index"]["segments"] >= self.meta["segments"]:  # all indexed: no table to read
+                return self._pending
+            segments = self.segments()[self.meta["index"]["segments"] :]
+            for seg in segments:
+                start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
+                for i, key in enumerate(self.group["items"][start : start + n, I["key"]] if n else []):
+                    self._pending.setdefault(int(key), []).append(start + i)
+        return self._pending
+
+    def _located(self, item_id: str) -> tuple[int, np.ndarray]:
+        found = self._find_record(item_id)
+        if found is None:
+            raise ItemNotFoundError(f"no item {item_id!r} in archive {self.path}")
+        return found
+
     def position(self, item_id: str) -> int:
-        try:
-            return self._index[item_id]
-        except KeyError:
-            raise ItemNotFoundError(f"no item {item_id!r} in archive {self.path}") from None
+        """The id's row in ``items``; raises ItemNotFoundError."""
+        return self._located(item_id)[0]
+
+    def byte_range(self, item_id: str) -> tuple[int, int]:
+        """Where the id's bitstream lies in the ``bitstreams`` array: [start, end)."""
+        record = self._located(item_id)[1]
+        return int(record[I["offset"]]), int(record[I["offset"]] + record[I["length"]])
 
     def item(self, item_id: str) -> Item:
         """The stored bitstream and metadata of one id, checksum verified."""
-        i = self.position(item_id)
-        start, end = (int(v) for v in self.group["offsets"][i : i + 2])
-        data = bytes(self.group["bitstreams"][start:end])
-        if zlib.crc32(data) != int(self.group["crc32"][i]):
-            raise ItemCorruptError(f"item {item_id!r} in {self.path}: stored bytes fail their CRC-32")
-        source = self.meta["sources"][int(self.group["source"][i])]
-        return Item(item_id, data, int(self.group["height"][i]), int(self.group["width"][i]), source)
+        row, record = self._located(item_id)
+        return self._item_at(row, item_id, record)
+
+    def _item_at(self, row: int, item_id: str, record: np.ndarray | None = None) -> Item:
+        record = self._array("items")[row] if record is None else record
+        try:
+            data = self._read_bytes("bitstreams", int(record[I["offset"]]), int(record[I["length"]]))
+        except ValueError as exc:  # zarr's crc32c codec: the stored chunk itself is damaged
+            raise ItemCorruptError(f"item {item_id!r} in {self.path}: its zarr chunk is damaged ({exc})") from exc
+        if checksum(data) != int(record[I["checksum"]]):
+            raise ItemCorruptError(f"item {item_id!r} in {self.path}: stored bytes fail their CRC-32C")
+        mode = int(record[I["mode"]])
+        return Item(item_id, data, int(record[I["height"]]), int(record[I["width"]]),
+                    self.meta["sources"][int(record[I["source"]])], MODES[mode] if 0 <= mode < len(MODES) else "?")
 
     def items(self, ids: list[str] | None = None):
         for item_id in self.ids if ids is None else ids:
             yield self.item(item_id)
 
+    def errors(self) -> list[Failure]:
+        """The errors table: every input a committed segment could not encode, with the reason."""
+        out = []
+        for seg in self.segments():
+            if not seg[S["failures"]]:
+                continue
+            start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
+            rows = self.group["items"][start : start + n]
+            for record in rows[rows[:, I["status"]] == FAILED]:
+                out.append(Failure(
+                    self._read_bytes("ids", int(record[I["id_offset"]]), int(record[I["id_length"]])).decode(),
+                    self._read_bytes("reasons", int(record[I["offset"]]), int(record[I["length"]])).decode(),
+                    self.meta["sources"][int(record[I["source"]])]))
+        return out
+
+    def read_segment(self, seg: np.ndarray) -> tuple[np.ndarray, list[str], bytes]:
+        """A committed segment's item rows, ids and bitstream bytes, each read in one go (for ``verify``).
+        Offsets in the rows are absolute; the bytes start at ``seg[S["bytes_start"]]``. Raises ValueError
+        when a zarr chunk fails its crc32c."""
+        [(rows, ids)] = list(self._segment_tables(seg[None])) or [(np.zeros((0, len(ITEM_COLUMNS)), np.int64), [])]
+        return rows, ids, self._read_bytes("bitstreams", int(seg[S["bytes_start"]]), int(seg[S["num_bytes"]]))
+
+    def index_entries(self) -> np.ndarray:
+        """Every (key, row) pair in the hash table (for ``verify``)."""
+        index = self.meta["index"]
+        if not index["capacity"]:
+            return np.zeros((0, 2), np.int64)
+        table = self.group[index["array"]][:]
+        return table[table[:, 0] != 0]
+
     def codec(self, **options):
         """The codec that wrote this archive, found from its provenance; never a different model."""
         if self._codec is None:
-            # Archives written before integer entropy parameters record a config without the field: float.
             options.setdefault("entropy_params", CodecConfig.from_dict(self.meta["codec"]).entropy_params)
             codec = load_codec(self.meta["model_ref"], **options)
             if getattr(codec, "model_id", b"").hex() != self.model_id:
@@ -155,13 +313,74 @@ def open_archive(path: str | Path) -> Archive:
     return Archive(path)
 
 
+def location(path: str | Path) -> str | Path:
+    """A local archive as a Path (``file://`` URLs included); any other URL (``s3://...``) as its string."""
+    text = str(path)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    return text.rstrip("/") if "://" in text else Path(path)
+
+
+def _has_file(where: str | Path, name: str) -> bool:
+    if isinstance(where, Path):
+        return (where / name).is_file()
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(where)
+    fs.invalidate_cache()  # listings cached before a writer created the archive would hide it
+    return fs.isfile(f"{root}/{name}")
+
+
+def _probe_chunk(array, key: int, capacity: int) -> np.ndarray:
+    """The index chunk holding ``key``'s slot (probing never leaves the chunk, see _insert)."""
+    start = (key & (capacity - 1)) // _INDEX_CHUNK * _INDEX_CHUNK
+    return array[start : start + _INDEX_CHUNK]
+
+
+def _insert(table: np.ndarray, base: int, capacity: int, keys: np.ndarray, rows: np.ndarray) -> bool:
+    """Insert (key, row) pairs into ``table`` (index rows ``base``...); linear probing wraps inside the
+    slot's chunk, so a lookup reads one chunk. Idempotent. False if a chunk is full (grow the table)."""
+    for key, row in zip(keys.tolist(), rows.tolist()):
+        slot = (key & (capacity - 1)) - base
+        chunk = slot // _INDEX_CHUNK * _INDEX_CHUNK
+        for j in range(_INDEX_CHUNK):
+            at = chunk + (slot - chunk + j) % _INDEX_CHUNK
+            if table[at, 0] == 0:
+                table[at] = (key, row)
+                break
+            if table[at, 0] == key and table[at, 1] == row:
+                break
+        else:
+            return False
+    return True
+
+
+def _lock(path: Path) -> None:
+    """Hold an exclusive flock on the archive folder for the rest of this process (one writing process per
+    archive; the kernel drops the lock when the process dies, so a killed job never blocks its rerun)."""
+    key = str(path.resolve())
+    if key in _LOCKS:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ArchiveError(f"{path} is being written by another process (one encode job per archive at a time)") from None
+    _LOCKS[key] = fd
+
+
 class ArchiveWriter(Archive):
-    """Appends items to an archive, creating it on first use. One writer per archive at a time."""
+    """Adds segments to an archive, creating it on first use; one writing process per archive (locked).
+
+    Every write re-reads the group attributes first, so several writer objects in one process stay
+    consistent as long as they take turns.
+    """
 
     @classmethod
     def open_or_create(cls, path: str | Path, codec_card: dict, model_ref: str) -> "ArchiveWriter":
-        path = Path(path)
-        if not (path / "zarr.json").exists():
+        path = location(path)
+        if not _has_file(path, "zarr.json"):
             _create(path, codec_card, model_ref)
         writer = cls(path, mode="r+")
         if writer.model_id != codec_card["model_id"]:
@@ -169,90 +388,218 @@ class ArchiveWriter(Archive):
                 f"{path} holds images encoded by model {writer.model_id}; refusing to add images "
                 f"encoded by model {codec_card['model_id']} (use a new archive)"
             )
+        if isinstance(path, Path):  # object storage: no lock (see the module docstring)
+            _lock(path)
+        writer.update_index(force=True)  # segments a killed job committed but never indexed
         return writer
 
+    def _commit(self, row_start: int = 0, new_rows: np.ndarray | None = None) -> None:
+        """Write the attributes (the commit point). ``new_rows`` (from ``row_start``): the item rows of a
+        segment just committed, added to the unindexed-keys cache instead of rescanning every segment."""
+        self.group.attrs[ATTRS_KEY] = self.meta
+        pending = self._pending if new_rows is not None else None
+        if pending is not None:
+            for offset, record in enumerate(new_rows):
+                if record[I["status"]] == OK:
+                    pending.setdefault(int(record[I["key"]]), []).append(row_start + offset)
+        self._ids, self._pending = None, pending
+        self._state = (self.meta["segments"], self.meta["index"]["segments"], self.meta["index"]["array"])
+
     def start_job(self, job_id: str, args: dict) -> None:
-        self.meta.setdefault("jobs", []).append({"job_id": job_id, "started": _now(), "args": args})
+        self._refresh()
+        self.meta["jobs"].append({"job_id": job_id, "started": _now(), "args": args})
         self._commit()
 
-    def finish_job(self, summary: dict) -> None:
-        self.meta["jobs"][-1].update(finished=_now(), **summary)
+    def finish_job(self, summary: dict, job_id: str | None = None) -> None:
+        """Record the job's summary and fold every committed segment into the index."""
+        self._refresh()
+        jobs = self.meta["jobs"]
+        job = next((j for j in reversed(jobs) if j["job_id"] == job_id), jobs[-1]) if job_id else jobs[-1]
+        job.update(finished=_now(), **summary)
         self._commit()
+        self.update_index(force=True)
 
-    def record_failures(self, failures: list[dict]) -> None:
-        known = {f["id"] for f in self.meta["failures"]}
-        self.meta["failures"].extend(f for f in failures if f["id"] not in known)
-        self._commit()
+    def completed_units(self) -> set[str]:
+        """The units of work (e.g. shard paths) whose completion marker is committed."""
+        units = self.segments()[:, S["unit"]]
+        return {self.meta["sources"][int(u)] for u in units if u >= 0}
 
-    def append(self, items: list[Item]) -> int:
-        """Append items whose ids are not in the archive yet; returns how many were written."""
+    def known(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are already encoded in the archive."""
+        return {item_id for item_id in dict.fromkeys(ids) if self._find(item_id) is not None}
+
+    def append(self, items: list[Item], failures: list[Failure] = (), unit: str | None = None) -> int:
+        """Write one segment: ``items`` whose ids are not in the archive yet (first of duplicates wins),
+        ``failures`` into the errors table, and, with ``unit``, the unit's completion marker. Returns how
+        many items were written."""
+        self._refresh()
+        known = self.known([item.id for item in items])
         fresh, seen = [], set()
         for item in items:
-            if item.id not in self._index and item.id not in seen:
+            if item.id not in known and item.id not in seen:
                 fresh.append(item)
                 seen.add(item.id)
-        if not fresh:
-            return 0
-        count = self.meta["count"]
-        sources = self.meta["sources"]
-        for item in fresh:
-            if item.source not in sources:
-                sources.append(item.source)
-        offsets = self.group["offsets"]
-        id_offsets = self.group["id_offsets"]
-        self._append_bytes("bitstreams", offsets, count, [item.data for item in fresh])
-        self._append_bytes("ids", id_offsets, count, [item.id.encode() for item in fresh])
-        columns = {
-            "height": [item.height for item in fresh],
-            "width": [item.width for item in fresh],
-            "crc32": [zlib.crc32(item.data) for item in fresh],
-            "source": [sources.index(item.source) for item in fresh],
-        }
-        for name, values in columns.items():
-            array = self.group[name]
-            array.resize((count + len(fresh),))
-            array[count : count + len(fresh)] = np.asarray(values, dtype=_ITEM_ARRAYS[name])
-        self.meta["count"] = count + len(fresh)
-        # An id that failed in an earlier job and is now encoded is no longer a failure.
-        self.meta["failures"] = [f for f in self.meta["failures"] if f["id"] not in seen]
-        self._commit()
-        for i, item in enumerate(fresh):
-            self.ids.append(item.id)
-            self._index[item.id] = count + i
+        if fresh or failures or unit is not None:
+            self._write_segment(fresh, list(failures), unit)
         return len(fresh)
 
-    def _append_bytes(self, name: str, offsets, count: int, blobs: list[bytes]) -> None:
-        start = int(offsets[count])
-        ends = start + np.cumsum([len(b) for b in blobs], dtype=np.int64)
+    def _source(self, name: str) -> int:
+        sources = self.meta["sources"]
+        if name not in sources:
+            sources.append(name)
+        return sources.index(name)
+
+    def _write_segment(self, items: list[Item], failures: list[Failure], unit: str | None) -> None:
+        meta, ends = self.meta, self.meta["ends"]
+        n = len(items) + len(failures)
+        ids = [x.id.encode() for x in items] + [f.id.encode() for f in failures]
+        reasons = [f.reason.encode() for f in failures]
+        table = np.full((n, len(ITEM_COLUMNS)), -1, dtype=np.int64)
+        if n:
+            table[:, I["key"]] = [id_key(x.id) for x in items] + [id_key(f.id) for f in failures]
+            table[:, I["status"]] = [OK] * len(items) + [FAILED] * len(failures)
+            table[:, I["id_length"]] = [len(b) for b in ids]
+            table[:, I["id_offset"]] = ends["ids"] + np.concatenate(([0], np.cumsum(table[:-1, I["id_length"]])))
+            lengths = [len(x.data) for x in items] + [len(r) for r in reasons]
+            table[:, I["length"]] = lengths
+            data_starts = ends["bitstreams"] + np.concatenate(([0], np.cumsum(lengths[: len(items)])))[: len(items)]
+            reason_starts = ends["reasons"] + np.concatenate(([0], np.cumsum(lengths[len(items) :])))[: len(failures)]
+            table[:, I["offset"]] = np.concatenate((data_starts, reason_starts)).astype(np.int64)
+            table[: len(items), I["height"]] = [x.height for x in items]
+            table[: len(items), I["width"]] = [x.width for x in items]
+            table[: len(items), I["checksum"]] = [checksum(x.data) for x in items]
+            table[: len(items), I["mode"]] = [MODES.index(x.mode) if x.mode in MODES else -1 for x in items]
+            table[:, I["source"]] = [self._source(x.source) for x in items] + [self._source(f.source) for f in failures]
+            table[:, I["segment"]] = meta["segments"]
+        blobs = {"ids": b"".join(ids), "bitstreams": b"".join(x.data for x in items), "reasons": b"".join(reasons)}
+        starts = dict(ends)
+        for name, blob in blobs.items():
+            if blob:
+                self._write_bytes(name, starts[name], blob)
+                ends[name] = _align(starts[name] + len(blob), _BYTE_ARRAYS[name][1])
+        if n:
+            # The rows are written up to the end of their last zarr shard (fill rows after them), so a
+            # segment owns whole shards and no stale row of a killed earlier attempt survives in them.
+            end = _align(starts["items"] + n, _TABLES["items"][2])
+            padded = np.full((end - starts["items"], len(ITEM_COLUMNS)), -1, dtype=np.int64)
+            padded[:n] = table
+            self._write_rows("items", starts["items"], padded)
+            ends["items"] = end
+        unit_index = self._source(unit) if unit is not None else -1
+        segment = [starts["items"], n, starts["ids"], len(blobs["ids"]), starts["bitstreams"],
+                   len(blobs["bitstreams"]), starts["reasons"], len(blobs["reasons"]), len(items),
+                   len(failures), unit_index, len(meta["jobs"]) - 1]
+        self._write_rows("segments", meta["segments"], np.asarray([segment], dtype=np.int64))
+        # The completion marker: raising the segment count (one atomic rewrite of zarr.json) commits it.
+        meta["segments"] += 1
+        meta["count"] += len(items)
+        meta["failures"] += len(failures)
+        self._commit(starts["items"], table)
+        self.update_index(force=False)
+
+    def _write_bytes(self, name: str, start: int, blob: bytes) -> None:
         array = self.group[name]
-        array.resize((int(ends[-1]),))
-        array[start : int(ends[-1])] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-        offsets.resize((count + 1 + len(blobs),))
-        offsets[count + 1 :] = ends
+        if array.shape[0] < start + len(blob):
+            array.resize((start + len(blob),))
+        array[start : start + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
 
-    def _commit(self) -> None:
-        self.group.attrs[ATTRS_KEY] = self.meta
+    def _write_rows(self, name: str, start: int, rows: np.ndarray) -> None:
+        array = self.group[name]
+        if array.shape[0] < start + len(rows):
+            array.resize((start + len(rows), array.shape[1]))
+        array[start : start + len(rows)] = rows
+
+    def update_index(self, force: bool = True) -> None:
+        """Fold committed segments the index does not cover into it (all when ``force``, else once
+        ``_INDEX_LAG`` rows wait), growing (rebuilding) the table to keep it at most half full."""
+        self._refresh()
+        index, committed = self.meta["index"], self.meta["segments"]
+        todo = self.segments()[index["segments"] :]
+        if not len(todo) or (not force and todo[:, S["rows"]].sum() < _INDEX_LAG):
+            return
+        keys, rows = self._ok_keys(todo)
+        entries = index["entries"] + len(keys)
+        capacity = index["capacity"]
+        if not capacity or 2 * entries > capacity or not self._insert_in_place(keys, rows):
+            keys, rows = self._ok_keys(self.segments())
+            capacity = max(_INDEX_MIN, capacity)
+            while capacity < 4 * entries:
+                capacity *= 2
+            self._rebuild_index(keys, rows, capacity)
+            return
+        self.meta["index"] = {**index, "segments": committed, "entries": entries}
+        self._commit()
+
+    def _ok_keys(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for seg in segments:
+            start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
+            if n:
+                table = self.group["items"][start : start + n]
+                ok = table[:, I["status"]] == OK
+                keys.append(table[ok, I["key"]])
+                rows.append(start + np.flatnonzero(ok))
+        return np.concatenate(keys), np.concatenate(rows)
+
+    def _insert_in_place(self, keys: np.ndarray, rows: np.ndarray) -> bool:
+        index = self.meta["index"]
+        array, capacity = self.group[index["array"]], index["capacity"]
+        shard_of = (keys & (capacity - 1)) // _INDEX_SHARD
+        for shard in np.unique(shard_of):
+            start = int(shard) * _INDEX_SHARD
+            block = array[start : start + _INDEX_SHARD]  # read and written back whole: one zarr shard
+            mine = shard_of == shard
+            if not _insert(block, start, capacity, keys[mine], rows[mine]):
+                return False
+            array[start : start + _INDEX_SHARD] = block
+        return True
+
+    def _rebuild_index(self, keys: np.ndarray, rows: np.ndarray, capacity: int) -> None:
+        table = np.zeros((capacity, 2), dtype=np.int64)
+        while not _insert(table, 0, capacity, keys, rows):
+            capacity *= 2
+            table = np.zeros((capacity, 2), dtype=np.int64)
+        name = f"index_{capacity.bit_length() - 1}"
+        old = self.meta["index"]["array"]
+        array = self.group.create_array(name, shape=(capacity, 2), dtype="int64", chunks=(_INDEX_CHUNK, 2),
+                                        shards=(min(_INDEX_SHARD, capacity), 2), compressors=_compressors(),
+                                        fill_value=0, overwrite=True)
+        array[:] = table
+        self.meta["index"] = {"array": name, "capacity": capacity, "segments": self.meta["segments"],
+                              "entries": len(keys)}
+        self._commit()
+        if old and old != name and old in self.group:
+            del self.group[old]
 
 
-def _create(path: Path, codec_card: dict, model_ref: str) -> None:
+def _compressors():
+    # crc32c inside each chunk's codecs: zarr's sharding codec checksums only its shard index by default.
+    return [ZstdCodec(level=3), Crc32cCodec()]
+
+
+def _create(path: str | Path, codec_card: dict, model_ref: str) -> None:
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    for name in ("bitstreams", "ids"):
-        group.create_array(name, shape=(0,), dtype="uint8", chunks=(_BYTES_CHUNK,), fill_value=0)
-    for name in ("offsets", "id_offsets"):
-        array = group.create_array(name, shape=(1,), dtype="int64", chunks=(_ITEMS_CHUNK,), fill_value=0)
-        array[0] = 0
-    for name, dtype in _ITEM_ARRAYS.items():
-        group.create_array(name, shape=(0,), dtype=dtype, chunks=(_ITEMS_CHUNK,), fill_value=0)
+    for name, (chunk, shard) in _BYTE_ARRAYS.items():
+        group.create_array(name, shape=(0,), dtype="uint8", chunks=(chunk,), shards=(shard,),
+                           compressors=_compressors(), fill_value=0)
+    for name, (columns, chunk, shard) in _TABLES.items():
+        group.create_array(name, shape=(0, columns), dtype="int64", chunks=(chunk, columns),
+                           shards=(shard, columns), compressors=_compressors(), fill_value=-1,
+                           attributes={"columns": list(ITEM_COLUMNS if name == "items" else SEGMENT_COLUMNS)})
     group.attrs[ATTRS_KEY] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "count": 0,
         "model_id": codec_card["model_id"],
         "codec": codec_card["config"],
         "model_ref": str(model_ref),
         "package_version": latentzip.__version__,
         "created": _now(),
+        "modes": list(MODES),
+        "segments": 0,
+        "count": 0,
+        "failures": 0,
+        "ends": {"items": 0, "ids": 0, "bitstreams": 0, "reasons": 0},
+        "index": {"array": "", "capacity": 0, "segments": 0, "entries": 0},
         "sources": [],
         "jobs": [],
-        "failures": [],
     }

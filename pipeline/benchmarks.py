@@ -43,6 +43,7 @@ class ModeResult:
     psnr_db: float
     encode_s: float
     decode_s: float
+    prior_s: float = math.nan  # the entropy-parameter computation alone (h_s from the z symbols), all images
     per_image: list[dict] = field(default_factory=list, repr=False)
 
 
@@ -66,16 +67,20 @@ class RDBenchmark:
         lines.append("")
         c = self.comparison
         if c.get("bd_rate_pct") is not None:
-            lines.append(f"BD-rate of integer vs float ({c['points']} rate points, Akima): "
-                         f"{c['bd_rate_pct']:+.4f} %; BD-PSNR {c['bd_psnr_db']:+.5f} dB")
+            left_out = f"; left out, below the curve: {', '.join(c['bd_dropped'])}" if c.get("bd_dropped") else ""
+            lines.append(f"BD-rate of integer vs float ({len(c['bd_models'])} rate points, Akima): "
+                         f"{c['bd_rate_pct']:+.4f} %; BD-PSNR {c['bd_psnr_db']:+.5f} dB{left_out}")
         elif c.get("bd_error"):
             lines.append(f"BD deltas not computed: {c['bd_error']}")
         lines.append("")
-        lines.append("| model | Δbpp integer vs float | ΔPSNR (dB) | encode time ratio | decode time ratio | identical streams |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| model | Δbpp integer vs float | ΔPSNR (dB) | encode time ratio | decode time ratio "
+                     "| prior s (integer / float) | identical streams |")
+        lines.append("|---|---|---|---|---|---|---|")
         for m in c["per_model"]:
+            prior = m.get("prior_s", {})
             lines.append(f"| {m['model']} | {m['rate_diff_pct']:+.4f} % | {m['psnr_diff_db']:+.5f} | "
                          f"{m['encode_time_ratio']:.3f} | {m['decode_time_ratio']:.3f} | "
+                         f"{prior.get('integer', math.nan):.3f} / {prior.get('float', math.nan):.3f} | "
                          f"{m['identical_streams']}/{m['images']} |")
         return "\n".join(lines)
 
@@ -129,6 +134,7 @@ def _measure(codec: LearnedCodec, directory: Path, names: list[str], images: lis
         started = time.perf_counter()
         decoded = codec.decode_batch(streams)
         decode_s = min(decode_s, time.perf_counter() - started)
+    prior_s = _time_prior(codec, images, repeats)
     per_image = [{"id": name, "num_bytes": len(data), "bpp": len(data) * 8 / (im.width * im.height),
                   "psnr_db": psnr_db(im, out)} for name, im, data, out in zip(names, images, streams, decoded)]
     model = directory.resolve().parent.name if directory.name == "codec" else directory.name
@@ -136,8 +142,32 @@ def _measure(codec: LearnedCodec, directory: Path, names: list[str], images: lis
         model=model, arch=codec.config.arch, mode=codec.config.entropy_params, model_id=codec.model_id.hex(),
         lmbda=_lmbda(codec.card), images=len(images), num_bytes=sum(len(s) for s in streams),
         bpp=_mean([r["bpp"] for r in per_image]), psnr_db=_mean([r["psnr_db"] for r in per_image]),
-        encode_s=encode_s, decode_s=decode_s, per_image=per_image)
+        encode_s=encode_s, decode_s=decode_s, prior_s=prior_s, per_image=per_image)
     return result, streams
+
+
+def _time_prior(codec: LearnedCodec, images: list[Image.Image], repeats: int) -> float:
+    """Best-of-``repeats`` seconds of ``_entropy_params`` over every image's z symbols: the one step in
+    which the two modes differ, timed without the transforms and the range coder around it."""
+    import torch
+
+    from latentzip.codecs.images import pad_to_multiple, to_rgb8, to_tensor
+
+    model = codec.model
+    symbols = []
+    with torch.no_grad():
+        for image in images:
+            x = pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(codec.device)
+            z = model.h_a(model._hyper_input(model.g_a(x)))
+            symbols.append(model.entropy_bottleneck.quantize(z, "symbols", model._z_medians()))
+        model._entropy_params(symbols[0])  # derivation and first-call costs stay out
+        best = math.inf
+        for _ in range(max(1, repeats)):
+            started = time.perf_counter()
+            for z_symbols in symbols:
+                model._entropy_params(z_symbols)
+            best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _count_identical(pair: list[ModeResult], streams_by_mode: dict) -> None:
@@ -163,6 +193,7 @@ def compare(results: list[ModeResult]) -> dict:
             "psnr_diff_db": integer.psnr_db - floating.psnr_db,
             "encode_time_ratio": integer.encode_s / floating.encode_s if floating.encode_s else math.nan,
             "decode_time_ratio": integer.decode_s / floating.decode_s if floating.decode_s else math.nan,
+            "prior_s": {"integer": integer.prior_s, "float": floating.prior_s},
             "identical_streams": sum(bool(p.get("identical_strings")) for p in integer.per_image),
         })
     comparison = {"per_model": per_model, "points": len(by_model), "bd_rate_pct": None, "bd_psnr_db": None}
@@ -177,29 +208,58 @@ def compare(results: list[ModeResult]) -> dict:
 
 
 def _bd(by_model: dict) -> dict:
+    """BD-rate and BD-PSNR of the integer curve against the float curve. Bjontegaard integration needs a
+    rate-distortion curve whose PSNR rises with the rate; a briefly trained model can sit below the curve
+    of the others (more bits, less PSNR), so models off the float curve's monotone front are left out of
+    both curves (and named)."""
     import bjontegaard
 
-    points = {mode: sorted((m[mode].bpp, m[mode].psnr_db) for m in by_model.values()) for mode in MODES}
+    models = sorted(by_model, key=lambda m: by_model[m]["float"].bpp)
+    kept, best = [], -math.inf
+    for model in models:
+        if by_model[model]["float"].psnr_db > best:
+            kept.append(model)
+            best = by_model[model]["float"].psnr_db
+    dropped = [m for m in models if m not in kept]
+    result = {"bd_models": kept, "bd_dropped": dropped}
+    if len(kept) < BD_MIN_POINTS:
+        return {**result, "bd_error": f"only {len(kept)} rate points rise in PSNR with the rate "
+                                      f"({', '.join(dropped)} left out); Bjontegaard deltas need {BD_MIN_POINTS}"}
+    points = {mode: [(by_model[m][mode].bpp, by_model[m][mode].psnr_db) for m in kept] for mode in MODES}
     anchor, test = points["float"], points["integer"]
     try:
         args = ([r for r, _ in anchor], [d for _, d in anchor], [r for r, _ in test], [d for _, d in test])
-        return {"bd_rate_pct": float(bjontegaard.bd_rate(*args, method="akima")),
+        return {**result, "bd_rate_pct": float(bjontegaard.bd_rate(*args, method="akima")),
                 "bd_psnr_db": float(bjontegaard.bd_psnr(*args, method="akima"))}
-    except (ValueError, ZeroDivisionError) as exc:  # e.g. rate points that are not monotonic
-        return {"bd_error": f"{type(exc).__name__}: {exc}"}
+    except (ValueError, ZeroDivisionError) as exc:  # e.g. an integer curve that is not monotonic
+        return {**result, "bd_error": f"{type(exc).__name__}: {exc}"}
 
 
-def write_rd(result: RDBenchmark, out: str | Path) -> Path:
-    """``out`` ending in .json gets the full figures (per image too), .md the tables."""
+def write_rd(result: RDBenchmark, out: str | Path, classical=None) -> Path:
+    """``out`` ending in .json gets the full figures (per image too), .md the tables. ``classical``: the
+    :class:`~latentzip.pipeline.report.ReportResult` of the same models against classical codecs, whose BD
+    table is included (its plots, rows and HTML stay in the report's folder)."""
+    from latentzip.pipeline.bdrate import bd_markdown, bd_records
+
     out = Path(out)
     if out.suffix not in (".json", ".md"):
         raise ValueError(f"--out must end in .json or .md, got {out.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
-        out.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=True) + "\n")
-    else:
-        out.write_text("# Integer vs float entropy parameters\n\n"
-                       f"{len(result.images)} images; bpp from the bytes written.\n\n{result.table()}\n")
+        document = result.to_dict()
+        if classical is not None:
+            document["classical"] = {"report": str(classical.out_dir), "bd": bd_records(classical.bd)}
+        out.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+        return out
+    parts = []
+    if classical is not None:
+        parts += ["# Learned vs classical codecs", "",
+                  f"{classical.images} images; BD-rate at equal PSNR / MS-SSIM (negative: the learned model needs "
+                  f"fewer bits). Plots, per-image rows and the HTML page: `{classical.out_dir}`.", "",
+                  *bd_markdown(classical.bd), "", f"![RD plot]({classical.rd_psnr})", ""]
+    parts += ["# Integer vs float entropy parameters", "",
+              f"{len(result.images)} images; bpp from the bytes written.", "", result.table()]
+    out.write_text("\n".join(parts) + "\n")
     return out
 
 

@@ -1,21 +1,116 @@
-"""Decode: archived bitstreams -> images, one id on demand or a whole archive as a Ray Data job.
+"""Decode: archived bitstreams -> images, one id on demand or many as a Ray Data job.
 
-Batch decode writes ``<out>/<id>.png`` (the id's folders recreated, ".png" appended to its name) through a
-temporary name and a rename, so a PNG that exists is complete and a rerun skips it.
+On demand, :func:`decode_image` (PIL) and :func:`decode_array` (numpy, ``uint8`` H x W x 3) read only the
+bytes of the id they are given. In batch, :func:`decode_archive` regenerates a selection of ids (all,
+a list, or a range of archive positions, :func:`select_ids`) in parallel on Ray, as PNG files or as one
+Parquet shard of PNG bytes.
+
+PNG files are written to ``<out>/<id>.png`` (the id's folders recreated, ".png" appended to its name)
+through a temporary name and a rename, so a PNG that exists is complete and a rerun skips it. The Parquet
+shard (columns ``id``, ``png``, ``width``, ``height``; rows in completion order) is written whole through a
+temporary name, so a rerun rewrites it.
+
+Errors name the id: :class:`~latentzip.pipeline.archive.ItemNotFoundError` (no such id),
+:class:`~latentzip.pipeline.archive.ItemCorruptError` (stored bytes fail their checksum),
+:class:`ModelUnavailableError` (the model named in the archive's provenance cannot be loaded, or is
+another model), :class:`DecodeError` (the stored stream does not decode).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
+from PIL import Image
 
 from latentzip.pipeline.archive import open_archive
 from latentzip.pipeline.raycluster import cluster_cpus
+
+FORMATS = ("png", "parquet")
+PARQUET_SCHEMA = pa.schema([("id", pa.string()), ("png", pa.binary()), ("width", pa.int32()), ("height", pa.int32())])
+
+
+class DecodeError(Exception):
+    """An id could not be decoded; the message names the id and the archive."""
+
+    def __init__(self, item_id: str, message: str):
+        super().__init__(message)
+        self.item_id = item_id
+
+
+class ModelUnavailableError(DecodeError):
+    """The model the archive's provenance names cannot be loaded (or is not the model that wrote it)."""
+
+
+def _archive(archive):
+    return open_archive(archive) if isinstance(archive, (str, Path)) else archive
+
+
+def archive_codec(archive, item_id: str, what: str | None = None):
+    """The archive's own codec, or ModelUnavailableError naming ``item_id`` (or ``what``: several ids)."""
+    try:
+        return archive.codec()
+    except Exception as exc:  # noqa: BLE001 - any failure to load is "model not available", with the cause
+        what = what or repr(item_id)
+        raise ModelUnavailableError(item_id, f"cannot decode {what} from {archive.path}: the model named in its "
+                                          f"provenance ({archive.meta.get('model_ref')!r}) is not available: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_image(archive, item_id: str) -> Image.Image:
+    """One id as an 8-bit RGB PIL image, reading only that id's bytes."""
+    archive = _archive(archive)
+    item = archive.item(item_id)  # ItemNotFoundError / ItemCorruptError, both naming the id
+    codec = archive_codec(archive, item_id)
+    try:
+        image = codec.decode(item.data)
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(item_id, f"cannot decode {item_id!r} from {archive.path}: {type(exc).__name__}: {exc}") from exc
+    if image.size != (item.width, item.height):
+        raise DecodeError(item_id, f"{item_id!r} in {archive.path} decodes to {image.size[0]}x{image.size[1]}, "
+                                   f"the archive records {item.width}x{item.height}")
+    return image
+
+
+def decode_array(archive, item_id: str) -> np.ndarray:
+    """One id as a ``uint8`` array of shape (height, width, 3), RGB."""
+    return np.asarray(decode_image(archive, item_id))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def parse_range(text: str) -> slice:
+    """``START:STOP`` over archive positions (Python slice rules: either side may be empty or negative)."""
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep or ":" in stop:
+            raise ValueError
+        return slice(int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    except ValueError:
+        raise ValueError(f"range must be START:STOP with integers (either may be empty), got {text!r}") from None
+
+
+def select_ids(archive, ids: list[str] | None = None, positions: slice | None = None) -> list[str]:
+    """The ids to decode: ``ids`` (duplicates dropped, each checked), else ``positions`` of the archive's
+    ids in commit order, else all of them."""
+    archive = _archive(archive)
+    if ids is not None:
+        wanted = list(dict.fromkeys(ids))
+        for item_id in wanted:
+            archive.position(item_id)  # a missing id fails here, before any work, naming the id
+        return wanted
+    return archive.ids if positions is None else archive.ids[positions]
 
 
 def output_path(out_dir: Path, item_id: str) -> Path:
@@ -27,7 +122,7 @@ def output_path(out_dir: Path, item_id: str) -> Path:
 
 
 def decode_to_file(archive, item_id: str, out_path: Path) -> Path:
-    image = archive.decode(item_id)
+    image = decode_image(archive, item_id)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     image.save(tmp, format="PNG")
@@ -36,22 +131,29 @@ def decode_to_file(archive, item_id: str, out_path: Path) -> Path:
 
 
 class DecodeStage:
-    """Ray Data callable class: a batch of ids -> PNG files (one archive and codec opened per actor)."""
+    """Ray Data callable class: a batch of ids -> PNG files, or PNG bytes when ``out_dir`` is None (one
+    archive and codec opened per actor)."""
 
-    def __init__(self, archive: str, out_dir: str):
+    def __init__(self, archive: str, out_dir: str | None):
         self.archive = open_archive(archive)
-        self.out_dir = Path(out_dir)
+        self.out_dir = None if out_dir is None else Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths, errors = [], []
-        for item_id in batch["id"]:
+        paths, pngs, sizes, errors = [], [], [], []
+        for item_id in map(str, batch["id"]):
+            path, png, size, error = "", b"", (0, 0), ""
             try:
-                paths.append(str(decode_to_file(self.archive, str(item_id), output_path(self.out_dir, str(item_id)))))
-                errors.append("")
+                if self.out_dir is None:
+                    image = decode_image(self.archive, item_id)
+                    png, size = png_bytes(image), image.size
+                else:
+                    path = str(decode_to_file(self.archive, item_id, output_path(self.out_dir, item_id)))
             except Exception as exc:  # noqa: BLE001 - recorded per id, reported by the driver
-                paths.append("")
-                errors.append(f"{type(exc).__name__}: {exc}")
-        return {"id": batch["id"], "path": np.array(paths, dtype=object), "error": np.array(errors, dtype=object)}
+                error = f"{type(exc).__name__}: {exc}"
+            paths.append(path), pngs.append(png), sizes.append(size), errors.append(error)
+        return {"id": batch["id"], "path": np.array(paths, dtype=object), "png": np.array(pngs, dtype=object),
+                "width": np.array([s[0] for s in sizes], np.int32), "height": np.array([s[1] for s in sizes], np.int32),
+                "error": np.array(errors, dtype=object)}
 
 
 @dataclass
@@ -68,33 +170,57 @@ class DecodeSummary:
                 f"{len(self.failures)} failed), {rate:.2f} images/s")
 
 
-def decode_archive(archive: str | Path, out_dir: str | Path, ids: list[str] | None = None,
-                   batch_size: int = 8, concurrency: int | None = None, progress=print) -> DecodeSummary:
-    """Regenerate ``ids`` (default: all) of an archive as PNG files in ``out_dir``, in parallel on Ray."""
+def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None = None,
+                   batch_size: int = 8, concurrency: int | None = None, progress=print, *,
+                   positions: slice | None = None, format: str = "png") -> DecodeSummary:
+    """Regenerate ``ids`` (or ``positions``; default: all) of an archive in parallel on Ray: PNG files in the
+    folder ``out``, or (``format="parquet"``) one Parquet shard of PNG bytes at the file ``out``."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
     started = time.perf_counter()
-    out_dir = Path(out_dir)
+    out = Path(out)
     reader = open_archive(archive)
-    wanted = reader.ids if ids is None else list(dict.fromkeys(ids))
-    for item_id in wanted:
-        reader.position(item_id)  # a missing id fails here, before any work, naming the id
-    todo = [i for i in wanted if not output_path(out_dir, i).exists()]
+    wanted = select_ids(reader, ids, positions)
+    todo = wanted if format == "parquet" else [i for i in wanted if not output_path(out, i).exists()]
     decoded, failures = 0, {}
+    writer = None
     if todo:
+        archive_codec(reader, todo[0], f"{len(todo)} ids (first {todo[0]!r})")  # fail before any work, not per id
         ds = ray.data.from_items([{"id": i} for i in todo], override_num_blocks=max(1, len(todo) // batch_size))
         ds = ds.map_batches(
             DecodeStage,
-            fn_constructor_kwargs={"archive": str(archive), "out_dir": str(out_dir)},
+            fn_constructor_kwargs={"archive": str(archive), "out_dir": None if format == "parquet" else str(out)},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=concurrency or max(1, min(cluster_cpus() - 1, len(todo)))),
             num_cpus=1,
         )
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for item_id, error in zip(batch["id"], batch["error"]):
-                if error:
-                    failures[str(item_id)] = str(error)
-                else:
-                    decoded += 1
-            if progress:
-                progress(f"decode: {decoded + len(failures)}/{len(todo)} images, {len(failures)} failed")
-    return DecodeSummary(str(out_dir), decoded, len(wanted) - len(todo), failures, time.perf_counter() - started)
+        tmp = out.with_name(f".{out.name}.tmp")
+        if format == "parquet":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            writer = pq.ParquetWriter(tmp, PARQUET_SCHEMA)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                ok = [i for i, error in enumerate(batch["error"]) if not error]
+                failures.update({str(batch["id"][i]): str(e) for i, e in enumerate(batch["error"]) if e})
+                decoded += len(ok)
+                if writer is not None and ok:
+                    writer.write_table(pa.table({"id": [str(batch["id"][i]) for i in ok],
+                                                 "png": [bytes(batch["png"][i]) for i in ok],
+                                                 "width": batch["width"][ok], "height": batch["height"][ok]},
+                                                schema=PARQUET_SCHEMA))
+                if progress:
+                    progress(f"decode: {decoded + len(failures)}/{len(todo)} images, {len(failures)} failed")
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is not None:
+            os.replace(tmp, out)
+    return DecodeSummary(str(out), decoded, len(wanted) - len(todo), failures, time.perf_counter() - started)
+
+
+def read_parquet_images(path: str | Path) -> dict[str, np.ndarray]:
+    """id -> decoded pixels of a Parquet shard written by :func:`decode_archive` (``format="parquet"``)."""
+    table = pq.read_table(path)
+    return {item_id: np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            for item_id, png in zip(table.column("id").to_pylist(), table.column("png").to_pylist())}

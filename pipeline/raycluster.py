@@ -20,7 +20,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs = {"log_to_driver": True}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
+    # "local": always a new embedded cluster, never one that `ray start` left running on this machine
+    # (ray.init() with no address would join that one); --address auto joins it on purpose.
+    ray.init(address=address or "local", **kwargs)
 
 
 def cluster_cpus() -> int:

@@ -1,26 +1,39 @@
-"""Report: rate-distortion of an archive's learned codec against classical codecs on the same images.
+"""Report: rate-distortion of learned codecs against classical codecs on the same images.
 
-For every image that is both in the archive and in the originals (an ingest folder of Parquet shards, a
-single shard, or a plain folder of images whose paths relative to the folder are the ids, as ingest names
-them), one unit of work measures:
+Inputs are the originals (an ingest folder of Parquet shards, a single shard, or a plain folder of images
+whose paths relative to the folder are the ids, as ingest names them) and learned models given either as
+**archives** (their stored bytes are measured) or as **codecs encoding on the fly** (``models``: a trained
+codec directory or a zoo name). For every image in the originals (and in every archive given), one unit of
+work measures:
 
-- the learned codec: ``num_bytes`` is the length of the bytes **stored in the archive** (the whole
-  bitstream container, header included), never a likelihood estimate, and ``bpp = num_bytes * 8 / (height
-  * width)``. The stored bytes are decoded by the archive's own model (``decode_s``); ``encode_s`` is NaN
-  because encoding happened in the encode job and re-encoding here would time a different run.
-  ``quality`` is the training lambda from the codec card, or NaN when the card does not record one.
+- each learned model: ``num_bytes`` is the length of the whole bitstream container, either **stored in the
+  archive** or just produced by ``codec.encode`` (then ``encode_s`` is measured; for archives it is NaN,
+  because encoding happened in the encode job). Never a likelihood estimate; ``bpp = num_bytes * 8 /
+  (height * width)``. ``quality`` is the training lambda from the codec card (NaN when not recorded).
 - each classical codec at each quality of its sweep (:data:`latentzip.codecs.classical.FORMATS`, or the
-  ``qualities`` override): encode (``encode_s``) and decode (``decode_s``) of the standard file, whose
-  whole length is ``num_bytes``.
+  ``qualities`` override): encode and decode of the standard file, whose whole length is ``num_bytes``.
+
+**Series.** Several learned models of one architecture with distinct lambdas form one RD curve (the
+``codec`` column is the series name, ``quality`` the lambda): named ``series`` when given, else
+``<arch>-N<N>-M<M>``; a single model keeps its own name (its run folder). Models without a distinct lambda
+stay separate points.
+
+**Sweeps cover the learned range.** Unless ``extend_sweeps=False``, after the first pass each classical
+codec whose mean bpp does not reach below the lowest (above the highest) learned mean bpp gets a quality
+halfway towards its range limit, measured in another pass, for up to :data:`~latentzip.pipeline.report_sweeps.MAX_EXTEND_ROUNDS` rounds; the
+report lists which codecs cover the range and which stop at their quality limit.
 
 Distortion is measured against the original after :func:`~latentzip.codecs.images.load_image` (the same
 conversion policy every codec sees): ``psnr_db`` over RGB with peak 255 and ``ms_ssim`` (NaN for images
 with a side under 161 px). Work runs as one Ray task per image when Ray is initialised, else in-process.
 
-Outputs in ``out_dir``: ``rows.parquet`` (one row per image, codec and quality), ``summary.parquet`` and
-``report.md`` (means per codec and quality), ``rd_psnr.png`` and, when any MS-SSIM is defined,
-``rd_msssim.png``. Aggregation (:func:`summarize`, :func:`curves`) is kept apart from plotting so that a
-BD-rate table can be computed from the same curves later.
+Outputs in ``out_dir``: ``rows.parquet`` (one row per image, codec and quality: id, kind, codec, quality,
+num_bytes, bpp, psnr_db, ms_ssim, encode_s, decode_s, width, height), ``summary.parquet`` (means per codec
+and quality), ``bd.parquet`` / ``bd.json`` (BD-rate and BD-PSNR / BD-MS-SSIM of every learned series
+against every classical codec, :mod:`latentzip.pipeline.bdrate`), ``rd_psnr.png`` and, when any MS-SSIM
+is defined, ``rd_msssim.png``, ``report.md`` and a self-contained ``report.html``
+(:mod:`latentzip.pipeline.report_html`). Optional reference series (JSON,
+:func:`~latentzip.pipeline.report_outputs.load_reference`) are drawn on the plots.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import datetime as dt
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -40,10 +53,15 @@ import ray
 import latentzip
 from latentzip.codecs.classical import FORMATS, ClassicalCodec
 from latentzip.codecs.images import load_image
-from latentzip.codecs.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr_db
+from latentzip.codecs.metrics import ms_ssim, psnr_db
 from latentzip.codecs.registry import load_codec, zoo_models
+from latentzip.pipeline import report_html
 from latentzip.pipeline.archive import Item, open_archive
+from latentzip.pipeline.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
 from latentzip.pipeline.raycluster import cluster_cpus
+from latentzip.pipeline.report_outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
+                                               write_markdown, write_table)
+from latentzip.pipeline.report_sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
 from latentzip.pipeline.shards import list_files, shard_paths
 
 ALL_CLASSICAL = tuple(FORMATS)
@@ -58,16 +76,27 @@ SUMMARY_SCHEMA = pa.schema([
     ("mean_bpp", pa.float64()), ("mean_psnr_db", pa.float64()), ("mean_ms_ssim", pa.float64()),
     ("ms_ssim_images", pa.int64()), ("mean_encode_s", pa.float64()), ("mean_decode_s", pa.float64()),
 ])
+BD_SCHEMA = pa.schema([
+    ("learned", pa.string()), ("anchor", pa.string()), ("metric", pa.string()), ("bd_rate_pct", pa.float64()),
+    ("bd_quality", pa.float64()), ("learned_points", pa.int64()), ("anchor_points", pa.int64()),
+    ("rate_overlap", pa.float64()), ("quality_overlap", pa.float64()), ("note", pa.string()),
+])
 
 
 @dataclass(frozen=True)
 class LearnedSpec:
-    """What a task needs to decode an archive's items: the model's reference and id, and its labels."""
+    """What a task needs to run one learned model: its reference and id, and its labels.
+
+    ``name`` is the series (the rows' ``codec``), ``model`` the model's own name, ``config`` its
+    architecture label (models sharing it may form one series).
+    """
     name: str
     ref: str
     model_id: str
     lmbda: float
     entropy_params: str = "integer"
+    model: str = ""
+    config: str = ""
 
 
 @dataclass
@@ -82,6 +111,11 @@ class ReportResult:
     rows: int
     images: int
     errors: list[dict] = field(default_factory=list)
+    bd_parquet: Path | None = None
+    bd_json: Path | None = None
+    html: Path | None = None
+    bd: list = field(default_factory=list)
+    coverage: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -135,10 +169,8 @@ def classical_plan(classical=ALL_CLASSICAL, qualities: dict[str, list] | None = 
     return plan
 
 
-def learned_spec(archive) -> LearnedSpec:
-    """Name, resolvable reference, id and lambda of the model that wrote ``archive``."""
-    codec = archive.codec()  # verifies the model id against the archive
-    ref = str(archive.meta["model_ref"])
+def _model_name(ref: str) -> tuple[str, str]:
+    """(name, resolvable ref) of a model reference: a zoo name, or a codec directory (resolved)."""
     if ref in zoo_models():
         name = ref
     else:
@@ -146,9 +178,55 @@ def learned_spec(archive) -> LearnedSpec:
         ref = str(path.resolve()) if path.is_dir() else ref  # tasks may run in another working directory
         # training writes OUT/codec: the run folder names the model better than "codec"
         name = path.resolve().parent.name if path.name == "codec" else path.name
-    if name in FORMATS:
-        name = f"learned-{name}"
-    return LearnedSpec(name, ref, archive.model_id, _card_lmbda(codec.card), codec.config.entropy_params)
+    return (f"learned-{name}" if name in FORMATS else name), ref
+
+
+def _spec(codec, ref: str) -> LearnedSpec:
+    name, ref = _model_name(ref)
+    config = codec.config
+    label = f"{config.arch}-N{config.N}-M{config.M}" + ("" if config.entropy_params == "integer" else "-float")
+    return LearnedSpec(name, ref, codec.model_id.hex(), _card_lmbda(codec.card), config.entropy_params, name, label)
+
+
+def learned_spec(archive) -> LearnedSpec:
+    """Name, resolvable reference, id and lambda of the model that wrote ``archive``."""
+    return _spec(archive.codec(), str(archive.meta["model_ref"]))  # codec() verifies the archive's model id
+
+
+def model_spec(ref: str) -> LearnedSpec:
+    """The same for a model that encodes on the fly: a codec directory or a zoo name."""
+    codec = load_codec(ref)
+    if getattr(codec, "kind", "") == "classical":
+        raise ValueError(f"{ref!r} is a classical codec; give it in the classical codecs, not as a learned model")
+    return _spec(codec, ref)
+
+
+def assign_series(specs: list[LearnedSpec], series: str | None = None) -> list[LearnedSpec]:
+    """Group learned models into RD curves (module doc, "Series"); raises on ambiguous input."""
+    seen = {}
+    for spec in specs:
+        if spec.model_id in seen:
+            raise ValueError(f"model {spec.model_id} is given twice ({seen[spec.model_id]} and {spec.ref})")
+        seen[spec.model_id] = spec.ref
+    if series:
+        lmbdas = [s.lmbda for s in specs]
+        if len(specs) > 1 and (not all(math.isfinite(v) for v in lmbdas) or len(set(lmbdas)) < len(lmbdas)):
+            raise ValueError(f"series {series!r} needs a distinct lambda per model in the codec cards, got "
+                             + ", ".join(f"{s.model}: {fmt(s.lmbda, 4)}" for s in specs))
+        return [replace(s, name=series) for s in specs]
+    groups = defaultdict(list)
+    for spec in specs:
+        groups[spec.config].append(spec)
+    out = []
+    for spec in specs:
+        members = groups[spec.config]
+        lmbdas = [m.lmbda for m in members]
+        if len(members) > 1 and all(math.isfinite(v) for v in lmbdas) and len(set(lmbdas)) == len(lmbdas):
+            spec = replace(spec, name=spec.config)
+        out.append(spec)
+    names = [(s.name, s.lmbda if math.isfinite(s.lmbda) else None) for s in out]
+    return [replace(s, name=f"{s.name}-{s.model_id[:8]}") if names.count(key) > 1 else s
+            for s, key in zip(out, names)]
 
 
 def _card_lmbda(document: dict) -> float:
@@ -183,9 +261,27 @@ def _row(item_id, kind, codec, quality, num_bytes, image, decoded, encode_s, dec
             "width": image.width, "height": image.height}
 
 
-def measure_image(item_id: str, original: bytes, stored: Item | None, learned: LearnedSpec | None,
+def _measure_learned(item_id: str, image, spec: LearnedSpec, stored: Item | None) -> dict:
+    codec = _learned_codec(spec)
+    encode_s = math.nan
+    if stored is None:  # encode on the fly
+        started = time.perf_counter()
+        data = codec.encode(image)
+        encode_s = time.perf_counter() - started
+    else:
+        if (stored.height, stored.width) != (image.height, image.width):
+            raise ValueError(f"archive records {stored.width}x{stored.height}, original is {image.width}x{image.height}")
+        data = stored.data  # num_bytes is what the archive stores for this id: bpp never from likelihoods
+    started = time.perf_counter()
+    decoded = codec.decode(data)
+    decode_s = time.perf_counter() - started
+    return _row(item_id, "learned", spec.name, spec.lmbda, len(data), image, decoded, encode_s, decode_s)
+
+
+def measure_image(item_id: str, original: bytes, learned: list[tuple[LearnedSpec, Item | None]],
                   plan: list[tuple[str, float]]) -> tuple[list[dict], list[dict]]:
-    """Every row of one image: the archive's stored bytes (if given), then each classical (codec, quality).
+    """Every row of one image: each learned model (its archive's stored bytes, or ``None`` to encode on the
+    fly), then each classical (codec, quality).
 
     Returns ``(rows, errors)``; a failing codec costs only its own rows, recorded as ``{id, codec,
     quality, reason}``.
@@ -201,19 +297,11 @@ def measure_image(item_id: str, original: bytes, stored: Item | None, learned: L
     except Exception as exc:  # noqa: BLE001 - reported, never fatal for the other images
         fail("original", math.nan, exc)
         return rows, errors
-    if stored is not None and learned is not None:
+    for spec, stored in learned:
         try:
-            if (stored.height, stored.width) != (image.height, image.width):
-                raise ValueError(f"archive records {stored.width}x{stored.height}, original is {image.width}x{image.height}")
-            codec = _learned_codec(learned)
-            started = time.perf_counter()
-            decoded = codec.decode(stored.data)
-            decode_s = time.perf_counter() - started
-            # num_bytes is what the archive stores for this id: bpp never comes from likelihoods
-            rows.append(_row(item_id, "learned", learned.name, learned.lmbda, len(stored.data), image, decoded,
-                             math.nan, decode_s))
+            rows.append(_measure_learned(item_id, image, spec, stored))
         except Exception as exc:  # noqa: BLE001
-            fail(learned.name, learned.lmbda, exc)
+            fail(spec.name, spec.lmbda, exc)
     for name, quality in plan:
         try:
             codec = ClassicalCodec(name, quality)
@@ -300,130 +388,111 @@ def curves(summary: list[dict], metric: str = "mean_psnr_db") -> dict[str, dict]
     return out
 
 
-# -------------------------------------------------------------------------------------------- outputs
-
-def write_table(records: list[dict], schema: pa.Schema, path: Path) -> Path:
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
-    return path
-
-
-def plot_rd(summary: list[dict], metric: str, ylabel: str, path: Path, title: str) -> Path:
-    """bpp vs ``metric``: a line per classical codec through its qualities, learned models highlighted."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 5), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    for codec, curve in curves(summary, metric).items():
-        bpp = [p[0] for p in curve["points"]]
-        values = [p[1] for p in curve["points"]]
-        if curve["kind"] == "learned":
-            axes.plot(bpp, values, "*-", color="crimson", markersize=16, markeredgecolor="black", linewidth=2.5,
-                      label=f"{codec} (learned)", zorder=5)
-            for x, y, lmbda in curve["points"]:
-                if math.isfinite(lmbda):
-                    axes.annotate(f"λ={lmbda:g}", (x, y), textcoords="offset points", xytext=(8, -12), fontsize=8)
-        else:
-            axes.plot(bpp, values, "o-", markersize=4, linewidth=1.2, label=codec, alpha=0.85)
-    axes.set_xlabel("bits per pixel (stored bytes)")
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
-
-
-def _fmt(value: float, digits: int) -> str:
-    return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _seconds(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3g}"
-
-
-def write_markdown(summary: list[dict], header: dict, errors: list[dict], plots: list[Path], path: Path) -> Path:
-    lines = ["# Rate-distortion report", ""]
-    lines += [f"- **{key}**: {value}" for key, value in header.items()]
-    lines += ["", "bpp is computed from the bytes actually stored (the archive's bitstream containers, the "
-              "classical codecs' whole files), never from likelihoods. PSNR is over RGB with peak 255, averaged "
-              f"per image. MS-SSIM is NaN (n/a) for images with a side under {MS_SSIM_MIN_SIDE} px; its mean "
-              "is over the images where it is defined. The learned codec's encode time is not measured here "
-              "(encoding happened in the encode job); times are mean seconds per image where it was measured "
-              "(one Ray task of one CPU per image, or this process).", ""]
-    lines += ["| codec | quality | images | mean bpp | mean PSNR (dB) | mean MS-SSIM | MS-SSIM images | "
-              "encode s | decode s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in summary:
-        codec = f"**{row['codec']}** (learned, λ)" if row["kind"] == "learned" else row["codec"]
-        quality = _fmt(row["quality"], 4) if row["kind"] == "learned" else f"{row['quality']:g}"
-        lines.append(f"| {codec} | {quality} | {row['images']} | {_fmt(row['mean_bpp'], 4)} | "
-                     f"{_fmt(row['mean_psnr_db'], 2)} | {_fmt(row['mean_ms_ssim'], 4)} | {row['ms_ssim_images']} | "
-                     f"{_seconds(row['mean_encode_s'])} | {_seconds(row['mean_decode_s'])} |")
-    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
-    if errors:
-        lines += ["", f"## Failures ({len(errors)})", "", "| id | codec | quality | reason |", "|---|---|---:|---|"]
-        lines += [f"| {e['id']} | {e['codec']} | {e['quality']:g} | {e['reason']} |" for e in errors]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 # ----------------------------------------------------------------------------------------------- entry
 
-def report(archive: str | Path, originals: str | Path, out_dir: str | Path, classical=ALL_CLASSICAL,
-           qualities: dict[str, list] | None = None, use_ray: bool = True, progress=print) -> ReportResult:
-    """Measure the archive's learned codec and ``classical`` codecs on the images in both inputs; write the report."""
-    started = time.perf_counter()
-    plan = classical_plan(tuple(classical), qualities)
-    reader = open_archive(archive)
-    spec = learned_spec(reader)
-    in_originals = original_ids(originals)
-    in_archive = set(reader.ids)
-    wanted = [i for i in in_originals if i in in_archive]
-    if not wanted:
-        raise ValueError(f"no image of archive {archive} is among the originals {originals}")
-    missing_originals = len(in_archive) - len(wanted)
-    not_encoded = len(in_originals) - len(wanted)
-    if progress and (missing_originals or not_encoded):
-        progress(f"report: {missing_originals} archive ids have no original, {not_encoded} originals are not in "
-                 f"the archive; both are left out so every codec is measured on the same images")
-    use_ray = use_ray and ray.is_initialized()
-    jobs = ((item_id, data, reader.item(item_id), spec, plan)
-            for item_id, data in iter_originals(originals, set(wanted)))
+def _measure(jobs, total: int, use_ray: bool, progress, what: str) -> tuple[list[dict], list[dict]]:
     rows, errors = [], []
     for done, (image_rows, image_errors) in enumerate(_run(jobs, use_ray), 1):
         rows += image_rows
         errors += image_errors
-        if progress and (done % 10 == 0 or done == len(wanted)):
-            progress(f"report: {done}/{len(wanted)} images measured ({'Ray' if use_ray else 'in-process'}), "
+        if progress and (done % 10 == 0 or done == total):
+            progress(f"report: {what}: {done}/{total} images measured ({'Ray' if use_ray else 'in-process'}), "
                      f"{len(errors)} failures")
+    return rows, errors
+
+
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
+
+
+def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_CLASSICAL,
+           qualities: dict[str, list] | None = None, use_ray: bool = True, progress=print, *, models=(),
+           series: str | None = None, references=(), extend_sweeps: bool = True,
+           min_points: int = MIN_RATE_POINTS) -> ReportResult:
+    """Measure learned models (``archives``: one path or several; ``models``: codecs encoding on the fly)
+    and ``classical`` codecs on the images of ``originals`` (and of every archive); write the report.
+
+    ``min_points`` (default 4) is the fewest rate points per curve for a BD delta; lower it only for an
+    indicative number, which the tables then flag."""
+    if min_points < 2:
+        raise ValueError(f"a BD delta needs at least 2 rate points per curve, got min_points={min_points}")
+    started = time.perf_counter()
+    plan = classical_plan(tuple(classical), qualities)
+    archives, models = _as_list(archives), _as_list(models)
+    reference_series = [series for path in _as_list(references) for series in load_reference(path)]
+    readers = [open_archive(a) for a in archives]
+    specs = assign_series([learned_spec(r) for r in readers] + [model_spec(str(m)) for m in models], series)
+    if not specs and not plan:
+        raise ValueError("nothing to measure: give a learned model (archive or model) or a classical codec")
+    in_originals = original_ids(originals)
+    wanted = [i for i in in_originals if all(i in r for r in readers)]
+    if not wanted:
+        raise ValueError(f"no image of {originals} is in every archive ({', '.join(map(str, archives))})"
+                         if readers else f"no images in {originals}")
+    if progress and len(wanted) < len(in_originals):
+        progress(f"report: {len(in_originals) - len(wanted)} originals are missing from an archive and are left "
+                 f"out, so every codec is measured on the same images")
+    use_ray = use_ray and ray.is_initialized()
+    sources = list(zip(specs, readers + [None] * len(models)))
+    jobs = ((item_id, data, [(spec, None if r is None else r.item(item_id)) for spec, r in sources], plan)
+            for item_id, data in iter_originals(originals, set(wanted)))
+    rows, errors = _measure(jobs, len(wanted), use_ray, progress, "first pass")
+
+    bpp_range = learned_range(summarize(rows))
+    for round_ in range(MAX_EXTEND_ROUNDS if extend_sweeps and bpp_range else 0):
+        extra = extend_plan(summarize(rows), plan, bpp_range)
+        if not extra:
+            break
+        if progress:
+            progress(f"report: sweep round {round_ + 1}: adding {', '.join(f'{n} q{q:g}' for n, q in extra)} "
+                     f"to cover {bpp_range[0]:.3f}–{bpp_range[1]:.3f} bpp")
+        plan += extra
+        jobs = ((item_id, data, [], extra) for item_id, data in iter_originals(originals, set(wanted)))
+        more_rows, more_errors = _measure(jobs, len(wanted), use_ray, progress, f"sweep round {round_ + 1}")
+        rows, errors = rows + more_rows, errors + more_errors
 
     position = {item_id: i for i, item_id in enumerate(wanted)}
-    codec_order = {name: i for i, name in enumerate([spec.name, *dict.fromkeys(n for n, _ in plan)])}
+    codec_order = {name: i for i, name in enumerate(dict.fromkeys([s.name for s in specs] + [n for n, _ in plan]))}
     rows.sort(key=lambda r: (position[r["id"]], codec_order[r["codec"]], r["quality"]))
-    summary = summarize(rows)
+    header = {
+        "archives": ", ".join(f"`{Path(a)}` ({len(r)} items)" for a, r in zip(archives, readers)) or "none",
+        "learned models": "; ".join(f"{s.model} → series {s.name} (λ {fmt(s.lmbda, 4)}, id `{s.model_id}`, "
+                                    f"{'archive' if r else 'encoded on the fly'})" for s, r in sources) or "none",
+        "originals": f"`{Path(originals)}`",
+        "images": f"{len(wanted)} measured ({len(in_originals) - len(wanted)} originals not in every archive)",
+        "classical codecs": ", ".join(dict.fromkeys(n for n, _ in plan)) or "none",
+    }
+    if min_points != MIN_RATE_POINTS:
+        header["BD rate points"] = (f"at least {min_points} per curve (below the usual {MIN_RATE_POINTS}: "
+                                    "indicative only)")
+    return _write_outputs(Path(out_dir), rows, errors, header, plan, bpp_range, reference_series, len(wanted),
+                          started, min_points)
 
-    out_dir = Path(out_dir)
+
+def _write_outputs(out_dir: Path, rows, errors, header, plan, bpp_range, references, images, started,
+                   min_points: int) -> ReportResult:
+    summary = summarize(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = write_table(rows, ROW_SCHEMA, out_dir / "rows.parquet")
     summary_path = write_table(summary, SUMMARY_SCHEMA, out_dir / "summary.parquet")
-    title = f"{spec.name} vs classical codecs, {len(wanted)} images"
-    plots = [plot_rd(summary, "mean_psnr_db", "PSNR (dB, RGB)", out_dir / "rd_psnr.png", title)]
+    by_metric = {metric: curves(summary, metric) for metric in METRICS}
+    bd = bd_table(by_metric, min_points)
+    bd_parquet = write_table(bd_records(bd), BD_SCHEMA, out_dir / "bd.parquet")
+    bd_json = write_json(bd_records(bd), out_dir / "bd.json")
+    learned = list(dict.fromkeys(r["codec"] for r in summary if r["kind"] == "learned"))
+    title = f"{', '.join(learned) or 'classical codecs'}{' vs classical codecs' if learned else ''}, {images} images"
+    plots = [plot_rd(by_metric["mean_psnr_db"], "PSNR (dB, RGB)", out_dir / "rd_psnr.png", title,
+                     reference_points(references, "psnr_db"))]
     msssim_path = None
     if any(row["ms_ssim_images"] for row in summary):
-        msssim_path = plot_rd(summary, "mean_ms_ssim", "MS-SSIM (RGB)", out_dir / "rd_msssim.png", title)
+        msssim_path = plot_rd(by_metric["mean_ms_ssim"], "MS-SSIM (RGB)", out_dir / "rd_msssim.png", title,
+                              reference_points(references, "ms_ssim"))
         plots.append(msssim_path)
-    header = {
-        "archive": f"`{Path(archive)}` ({len(in_archive)} items)",
-        "model": f"{spec.name} (ref `{reader.meta['model_ref']}`, id `{spec.model_id}`, λ {_fmt(spec.lmbda, 4)})",
-        "originals": f"`{Path(originals)}`",
-        "images": f"{len(wanted)} measured ({missing_originals} archive ids without original, "
-                  f"{not_encoded} originals not in the archive)",
-        "classical codecs": ", ".join(dict.fromkeys(n for n, _ in plan)) or "none",
-        "generated": f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} by latentzip "
-                     f"{latentzip.__version__} in {time.perf_counter() - started:.1f} s",
-    }
-    markdown_path = write_markdown(summary, header, errors, plots, out_dir / "report.md")
-    return ReportResult(out_dir, rows_path, summary_path, markdown_path, plots[0], msssim_path, len(rows),
-                        len(wanted), errors)
+    coverage = coverage_notes(summary, plan, bpp_range)
+    header = {**header, "generated": f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} by "
+                                     f"latentzip {latentzip.__version__} in {time.perf_counter() - started:.1f} s"}
+    markdown = write_markdown(summary, header, errors, plots, out_dir / "report.md", bd, coverage, references)
+    html = report_html.write_html(out_dir / "report.html", header, summary, bd, plots, rows, errors, coverage,
+                                  references)
+    return ReportResult(out_dir, rows_path, summary_path, markdown, plots[0], msssim_path, len(rows), images,
+                        errors, bd_parquet, bd_json, html, bd, coverage)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from latentzip.codecs import bitstream
 from latentzip.codecs.checkpoint import export_codec
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
@@ -80,6 +81,9 @@ class TrainConfig:
     min_scale: float = 0.5
     validate_every: int = 0
     max_failures: int = 0
+    lr_decay_at: tuple[float, ...] = (0.8, 0.95)  # fractions of ``steps`` where both learning rates drop
+    lr_decay: float = 0.1
+    gpus_per_worker: float = 1.0  # below 1 when several trials of a sweep share a GPU
 
     def __post_init__(self):
         CodecConfig(self.arch, self.N, self.M)  # validates arch and widths
@@ -93,6 +97,16 @@ class TrainConfig:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
         if self.validate_every < 0 or self.max_failures < 0:
             raise ValueError("validate_every and max_failures must not be negative")
+        self.lr_decay_at = tuple(float(f) for f in self.lr_decay_at)
+        if any(not 0 < f <= 1 for f in self.lr_decay_at) or not 0 < self.lr_decay <= 1:
+            raise ValueError("lr_decay_at must be fractions in (0, 1] and lr_decay in (0, 1]")
+        if not 0 < self.gpus_per_worker <= 1:
+            raise ValueError(f"gpus_per_worker must be in (0, 1], got {self.gpus_per_worker}")
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier at ``step``: ``lr_decay`` once for every decay point passed. A function
+        of the step alone, so a resumed run continues the same schedule."""
+        return self.lr_decay ** sum(step > round(f * self.steps) for f in self.lr_decay_at)
 
     @property
     def codec_config(self) -> CodecConfig:
@@ -242,9 +256,12 @@ def _params(optimizers) -> list[list[torch.nn.Parameter]]:
     return [[p for g in opt.param_groups for p in g["params"]] for opt in optimizers]
 
 
-def _train_step(model, module, x, optimizers, config: TrainConfig, world: int) -> torch.Tensor:
+def _train_step(model, module, x, optimizers, config: TrainConfig, world: int, step: int) -> torch.Tensor:
     """One optimiser step of both losses. Returns detached (loss, mse, bpp, aux_loss)."""
     (net_opt, aux_opt), (net_params, quantiles) = optimizers, _params(optimizers)
+    for optimizer, base in ((net_opt, config.lr), (aux_opt, config.aux_lr)):
+        for group in optimizer.param_groups:
+            group["lr"] = base * config.lr_factor(step)
     net_opt.zero_grad(set_to_none=True)
     aux_opt.zero_grad(set_to_none=True)
     out = model(x)
@@ -278,19 +295,33 @@ def _summarise(sums: torch.Tensor, count: int, world: int) -> dict:
 
 @torch.no_grad()
 def evaluate(module: ScaleHyperprior, images: list[torch.Tensor], lmbda: float) -> dict:
-    """Whole-image validation in eval mode (rounded latents): mean loss, bpp and PSNR."""
+    """Whole-image validation: the likelihood estimate in eval mode, and the real thing: every image
+    compressed with the range coder (``val_bpp`` from the bytes of its bitstream container) and decoded
+    (``val_psnr_db`` from the 8-bit decoded image). Means over images."""
     module.eval()
-    totals = np.zeros(3)
     device = next(module.parameters()).device
+    coder = build_model(module.config)  # a copy with fresh entropy-coder tables; training state untouched
+    coder.load_state_dict(module.state_dict())
+    coder.update(force=True)
+    coder = coder.to(device).eval()
+    rows = []
     for image in images:
         x = image[None].float().div(255.0).to(device)
+        height, width = x.shape[-2:]
         out = module(pad_to_multiple(x, module.stride))
-        mse = F.mse_loss(out["x_hat"][..., : x.shape[2], : x.shape[3]].clamp(0, 1), x).item()
-        bpp = bits_per_pixel(out["likelihoods"], x).item()
-        totals += (lmbda * 255**2 * mse + bpp, bpp, 10 * math.log10(1.0 / max(mse, 1e-10)))
+        mse = F.mse_loss(out["x_hat"][..., :height, :width].clamp(0, 1), x).item()
+        coded = coder.compress(pad_to_multiple(x, coder.stride))
+        data = bitstream.pack(bitstream.Bitstream(bytes(bitstream.MODEL_ID_BYTES), height, width, coded["shape"],
+                                                  tuple(strings[0] for strings in coded["strings"])))
+        decoded = coder.synthesize(coded["y_hat"])[..., :height, :width]
+        real_mse = F.mse_loss(decoded.mul(255).round().div(255), x).item()
+        rows.append((lmbda * 255**2 * mse + bits_per_pixel(out["likelihoods"], x).item(),
+                     bits_per_pixel(out["likelihoods"], x).item(), 10 * math.log10(1.0 / max(mse, 1e-10)),
+                     len(data) * 8 / (height * width), 10 * math.log10(1.0 / max(real_mse, 1e-10))))
     module.train()
-    loss, bpp, psnr = totals / len(images)
-    return {"val_loss": loss, "val_bpp_estimate": bpp, "val_psnr_db": psnr}
+    loss, bpp_estimate, psnr, bpp, real_psnr = np.mean(rows, axis=0).tolist()
+    return {"val_loss": loss, "val_bpp_estimate": bpp_estimate, "val_psnr_estimate_db": psnr,
+            "val_bpp": bpp, "val_psnr_db": real_psnr}
 
 
 def _hardware(device: torch.device, threads: int) -> dict:
@@ -335,6 +366,38 @@ def _restore(module, optimizers) -> tuple[dict, list[dict]]:
     return state, history
 
 
+def _initialise(module, init: dict) -> dict:
+    """Start from a trained codec's weights (fresh optimisers), counting its steps as done."""
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(init["weights"]))
+    return {"step": init["step"], "train_time_s": init["train_time_s"]}
+
+
+def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
+    """What ``train(init_from=...)`` passes to the workers: the weights file and the steps already done."""
+    from latentzip.codecs.checkpoint import WEIGHTS_FILE, read_card
+    from latentzip.codecs.hyperprior import CodecConfig
+
+    document = read_card(codec_dir)
+    stored = CodecConfig.from_dict(document["config"])
+    if (stored.arch, stored.N, stored.M) != (config.arch, config.N, config.M):
+        raise ValueError(f"{codec_dir} is {stored.arch} N={stored.N} M={stored.M}; this run is "
+                         f"{config.arch} N={config.N} M={config.M}")
+    card = document.get("card") or {}
+    return {"weights": str(Path(codec_dir).resolve() / WEIGHTS_FILE), "step": int(card.get("steps", 0)),
+            "train_time_s": float(card.get("train_time_s", 0.0))}
+
+
+def _init(init_from, config: TrainConfig) -> dict | None:
+    if init_from is None:
+        return None
+    init = initial_weights(init_from, config)
+    if init["step"] >= config.steps:
+        raise ValueError(f"{init_from} already has {init['step']} steps; ask for more (--steps)")
+    return init
+
+
 def _report(row: dict, rank: int, checkpoint_args=None) -> None:
     """Every rank reports (it is a barrier); only rank 0 attaches the checkpoint it wrote."""
     import ray.train
@@ -348,12 +411,12 @@ def _report(row: dict, rank: int, checkpoint_args=None) -> None:
                          checkpoint_dir_name=f"checkpoint_{row['step']:08d}")
 
 
-def _progress_line(row: dict, steps: int) -> str:
+def _progress_line(row: dict, steps: int, lmbda: float) -> str:
     eta = (steps - row["step"]) / row["steps_per_s"] if row["steps_per_s"] > 0 else math.inf
     eta_text = f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}" if math.isfinite(eta) else "?"
-    line = (f"train: step {row['step']}/{steps} loss {row['loss']:.4f} bpp~ {row['bpp_estimate']:.3f} "
+    line = (f"train λ={lmbda:g}: step {row['step']}/{steps} loss {row['loss']:.4f} bpp~ {row['bpp_estimate']:.3f} "
             f"psnr {row['psnr_db']:.2f} dB {row['steps_per_s']:.2f} steps/s ETA {eta_text}")
-    return line + (f" | val psnr {row['val_psnr_db']:.2f} dB bpp~ {row['val_bpp_estimate']:.3f}" if "val_bpp_estimate" in row else "")
+    return line + (f" | val {row['val_bpp']:.3f} bpp {row['val_psnr_db']:.2f} dB (coded)" if "val_bpp" in row else "")
 
 
 def _quiet_ray_train_logs() -> None:
@@ -381,6 +444,8 @@ def train_worker(loop_config: dict) -> dict:
     module = model.module if hasattr(model, "module") else model
     optimizers = _optimizers(module, config)
     state, history = _restore(module, optimizers)
+    if state["step"] == 0 and loop_config.get("init"):
+        state = _initialise(module, loop_config["init"])
     start = state["step"]
     if start >= config.steps:
         return {"start_step": start}
@@ -395,7 +460,7 @@ def train_worker(loop_config: dict) -> dict:
     sums, count, tick, train_time = torch.zeros(4, device=device), 0, time.perf_counter(), state["train_time_s"]
 
     for step in range(start + 1, config.steps + 1):
-        sums += _train_step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world)
+        sums += _train_step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world, step)
         count += 1
         validate = config.validate_every and step % config.validate_every == 0
         save = step % config.checkpoint_every == 0 or step == config.steps
@@ -408,7 +473,7 @@ def train_worker(loop_config: dict) -> dict:
         train_time += elapsed
         history.append(row)
         if rank == 0:
-            _say(_progress_line(row, config.steps))
+            _say(_progress_line(row, config.steps, config.lmbda))
         state = {"step": step, "train_time_s": train_time, "world_size": world, "hardware": hardware}
         _report(row, rank, (module, optimizers, state, history) if save else None)
         sums, count, tick = torch.zeros(4, device=device), 0, time.perf_counter()
@@ -421,7 +486,7 @@ def _trainer(config: TrainConfig, out_dir: Path, loop_config: dict):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": loop_config["threads"], **({"GPU": 1} if config.use_gpu else {})}
+    resources = {"CPU": loop_config["threads"], **({"GPU": config.gpus_per_worker} if config.use_gpu else {})}
     return TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
@@ -435,8 +500,11 @@ def _trainer(config: TrainConfig, out_dir: Path, loop_config: dict):
     )
 
 
-def train(data, out_dir: str | Path, config: TrainConfig, val=None) -> TrainResult:
-    """Train (or resume training) on ``data`` and export the codec to ``<out_dir>/codec``."""
+def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: str | Path | None = None) -> TrainResult:
+    """Train (or resume training) on ``data`` and export the codec to ``<out_dir>/codec``.
+
+    ``init_from``: a codec directory (e.g. a zoo model) whose weights start a run that has no checkpoint
+    yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.validate_every and val is None:
@@ -446,6 +514,7 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None) -> TrainResu
     ensure_ray()
     threads = config.cpus_per_worker or max(1, cluster_cpus() // config.num_workers)
     loop_config = {"config": config.to_dict(), "threads": threads, "data": dataclasses.asdict(source),
+                   "init": _init(init_from, config),
                    "val": dataclasses.asdict(val_source) if val_source else None}
 
     started = time.perf_counter()

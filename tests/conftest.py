@@ -152,7 +152,7 @@ def ray_local():
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a cluster found on the machine
         started = True
     yield ray
     if started:

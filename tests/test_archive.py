@@ -1,8 +1,10 @@
-"""The Zarr v3 archive (pipeline/archive.py): layout, appends, the commit point, integrity, decoding."""
+"""The Zarr v3 archive (pipeline/archive.py), format 2: layout, appends, commit point, index, errors, integrity."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,14 +14,14 @@ from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.archive import (
     ArchiveError,
     ArchiveWriter,
+    Failure,
     Item,
     ItemCorruptError,
     ItemNotFoundError,
     open_archive,
 )
 
-ARRAYS = {"bitstreams": "uint8", "offsets": "int64", "ids": "uint8", "id_offsets": "int64",
-          "height": "uint32", "width": "uint32", "crc32": "uint32", "source": "int32"}
+ARRAYS = {"bitstreams": "uint8", "ids": "uint8", "reasons": "uint8", "items": "int64", "segments": "int64"}
 
 
 @pytest.fixture(scope="module")
@@ -40,29 +42,41 @@ def new_writer(path, codec, model_ref) -> ArchiveWriter:
 def test_plain_zarr_v3_reader_sees_the_layout(tmp_path, codec, tiny_codec_dir):
     path = tmp_path / "a.zarr"
     items = make_items(3)
-    new_writer(path, codec, tiny_codec_dir).append(items)
+    writer = new_writer(path, codec, tiny_codec_dir)
+    writer.append(items, [Failure("bad.jpg", "not a readable image", "shard-00000.parquet")])
+    writer.update_index()
 
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["node_type"] == "group"
-    for name, dtype in ARRAYS.items():
-        meta = json.loads((path / name / "zarr.json").read_text())
-        assert meta["zarr_format"] == 3 and meta["node_type"] == "array", name
-        assert meta["data_type"] == dtype, name
+    meta = root["attributes"]["latentzip"]
+    assert meta["format_version"] == 2 and meta["count"] == 3 and meta["failures"] == 1
+    for name in (*ARRAYS, meta["index"]["array"]):
+        array_meta = json.loads((path / name / "zarr.json").read_text())
+        assert array_meta["zarr_format"] == 3 and array_meta["node_type"] == "array", name
+        assert array_meta["data_type"] == ARRAYS.get(name, "int64"), name
+        # Sharded, with a crc32c in the inner chunks' codecs (not only on the shard index).
+        [sharding] = array_meta["codecs"]
+        assert sharding["name"] == "sharding_indexed", name
+        assert [c["name"] for c in sharding["configuration"]["codecs"]][-1] == "crc32c", name
 
+    # Everything needed to get item bytes back is reachable with plain zarr + docs/archive-format.md.
     group = zarr.open_group(str(path), mode="r")
-    assert sorted(group.array_keys()) == sorted(ARRAYS)
-    for name, array in group.arrays():
-        assert str(array.dtype) in {"uint8", "int32", "uint32", "int64"}, name
-        assert array.ndim == 1
-    # Everything needed to get item bytes back is reachable with plain zarr + the documented layout.
-    count = group.attrs["latentzip"]["count"]
-    assert count == 3
-    offsets, id_offsets = group["offsets"][: count + 1], group["id_offsets"][: count + 1]
-    ids_raw, blobs = bytes(group["ids"][:]), bytes(group["bitstreams"][:])
-    for i, item in enumerate(items):
-        assert ids_raw[id_offsets[i] : id_offsets[i + 1]].decode() == item.id
-        assert blobs[offsets[i] : offsets[i + 1]] == item.data
-        assert (int(group["height"][i]), int(group["width"][i])) == (item.height, item.width)
+    assert sorted(group.array_keys()) == sorted([*ARRAYS, meta["index"]["array"]])
+    columns = group["items"].attrs["columns"]
+    col = {name: i for i, name in enumerate(columns)}
+    segments = group["segments"][: meta["segments"]]
+    seg = dict(zip(group["segments"].attrs["columns"], segments[0]))
+    rows = group["items"][seg["row_start"] : seg["row_start"] + seg["rows"]]
+    ids_raw, blobs = group["ids"][:].tobytes(), group["bitstreams"][:].tobytes()
+    ok = rows[rows[:, col["status"]] == 0]
+    assert len(ok) == 3
+    for row, item in zip(ok, items):
+        assert ids_raw[row[col["id_offset"]] : row[col["id_offset"]] + row[col["id_length"]]].decode() == item.id
+        assert blobs[row[col["offset"]] : row[col["offset"]] + row[col["length"]]] == item.data
+        assert (row[col["height"]], row[col["width"]]) == (item.height, item.width)
+    [failed] = rows[rows[:, col["status"]] == 1]
+    reason = group["reasons"][failed[col["offset"]] : failed[col["offset"]] + failed[col["length"]]].tobytes()
+    assert reason == b"not a readable image"
 
 
 def test_append_and_reopen_returns_same_bytes(tmp_path, codec, tiny_codec_dir):
@@ -119,6 +133,9 @@ def test_unknown_format_version_or_not_an_archive_is_refused(tmp_path, codec, ti
     group.attrs["latentzip"] = {**meta, "format_version": 99}
     with pytest.raises(ArchiveError, match="version 99"):
         open_archive(path)
+    group.attrs["latentzip"] = {**meta, "format_version": 1}
+    with pytest.raises(ArchiveError, match="version 1 .*re-run"):
+        open_archive(path)
     with pytest.raises(ArchiveError):
         new_writer(path, codec, tiny_codec_dir)
 
@@ -130,43 +147,84 @@ def test_unknown_format_version_or_not_an_archive_is_refused(tmp_path, codec, ti
         open_archive(tmp_path / "nothing-here.zarr")
 
 
-def test_count_is_the_commit_point(tmp_path, codec, tiny_codec_dir):
+def test_segment_count_is_the_commit_point(tmp_path, codec, tiny_codec_dir):
     path = tmp_path / "a.zarr"
     committed = make_items(2)
     new_writer(path, codec, tiny_codec_dir).append(committed)
+    before = (path / "zarr.json").read_bytes()
 
-    # A crash mid-append: arrays grown and filled past count, count never raised.
-    group = zarr.open_group(str(path), mode="r+")
-    rng = np.random.default_rng(0)
-    for name in ("bitstreams", "ids"):
-        array = group[name]
-        size = array.shape[0]
-        array.resize((size + 1000,))
-        array[size:] = rng.integers(0, 256, 1000, dtype=np.uint8)
-    for name in ("offsets", "id_offsets"):
-        array = group[name]
-        size = array.shape[0]
-        array.resize((size + 5,))
-        array[size:] = np.arange(size, size + 5, dtype=np.int64) * 123_456
-    for name in ("height", "width", "crc32", "source"):
-        array = group[name]
-        size = array.shape[0]
-        array.resize((size + 5,))
-        array[size:] = 7
-    assert group.attrs["latentzip"]["count"] == 2
-
+    # A crash after a segment's data and marker row are written but before the count is raised: put the
+    # old group attributes back. Readers see only the committed segment.
+    new_writer(path, codec, tiny_codec_dir).append(make_items(4, start=100), [Failure("x", "r", "s")], unit="u")
+    (path / "zarr.json").write_bytes(before)
     archive = open_archive(path)
     assert len(archive) == 2 and archive.ids == [item.id for item in committed]
+    assert "dir/img-100.jpg" not in archive and archive.errors() == []
     assert [archive.item(item.id) for item in committed] == committed
 
+    # The next segment reuses the uncommitted region; none of the killed attempt's rows survive.
+    writer = new_writer(path, codec, tiny_codec_dir)
+    assert writer.completed_units() == set()
     fresh = make_items(3, start=2)
-    assert new_writer(path, codec, tiny_codec_dir).append(fresh) == 3
+    assert writer.append(fresh) == 3
+    writer.update_index()
     archive = open_archive(path)
     assert archive.ids == [item.id for item in committed + fresh]
     assert [archive.item(item.id) for item in committed + fresh] == committed + fresh
-    group = zarr.open_group(str(path), mode="r")
-    assert group["bitstreams"].shape[0] == sum(len(item.data) for item in committed + fresh)
-    assert group["height"].shape[0] == 5 and group["offsets"].shape[0] == 6
+    assert "dir/img-103.jpg" not in archive
+    assert sorted(archive.index_entries()[:, 1].tolist()) == sorted(archive.position(i.id) for i in committed + fresh)
+
+
+def test_lookup_uses_the_index_not_every_id(tmp_path, codec, tiny_codec_dir):
+    path = tmp_path / "a.zarr"
+    writer = new_writer(path, codec, tiny_codec_dir)
+    items = make_items(3000)
+    for start in range(0, 3000, 1000):  # the table grows (rebuilds) past half full
+        writer.append(items[start : start + 1000], unit=f"unit-{start}")
+    writer.update_index()
+    archive = open_archive(path)
+    assert archive.meta["index"]["entries"] == 3000 and archive.meta["index"]["capacity"] >= 6000
+    assert archive.item(items[2345].id) == items[2345]
+    assert "dir/img-9999.jpg" not in archive
+    assert archive._ids is None, "a lookup must not read every id"
+    assert len(archive) == 3000
+    assert writer.completed_units() == {"unit-0", "unit-1000", "unit-2000"}
+    # Few files at this size: sharding keeps one file per zarr shard, not per chunk.
+    assert sum(1 for p in path.rglob("*") if p.is_file()) < 40
+
+
+def test_errors_table(tmp_path, codec, tiny_codec_dir):
+    path = tmp_path / "a.zarr"
+    writer = new_writer(path, codec, tiny_codec_dir)
+    failures = [Failure("bad/1.jpg", "not a readable image: truncated", "s0"),
+                Failure("bad/2.png", "image too large", "s1")]
+    assert writer.append(make_items(2), failures) == 2
+    archive = open_archive(path)
+    assert archive.errors() == failures
+    assert "bad/1.jpg" not in archive and len(archive) == 2 and archive.meta["failures"] == 2
+
+
+def test_second_writer_process_is_refused(tmp_path, codec, tiny_codec_dir):
+    path = tmp_path / "a.zarr"
+    new_writer(path, codec, tiny_codec_dir).append(make_items(1))
+    script = ("import sys, json; from latentzip.pipeline.archive import ArchiveWriter, ArchiveError\n"
+              "try:\n ArchiveWriter.open_or_create(sys.argv[1], json.loads(sys.argv[2]), 'x')\n"
+              "except ArchiveError as e:\n print(e); sys.exit(3)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path), json.dumps(codec.card)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 3 and "another process" in result.stdout
+
+
+def test_damaged_chunk_file_is_reported_as_corrupt(tmp_path, codec, tiny_codec_dir):
+    path = tmp_path / "a.zarr"
+    items = make_items(3)
+    new_writer(path, codec, tiny_codec_dir).append(items)
+    [shard] = (path / "bitstreams").rglob("c/*")
+    raw = bytearray(shard.read_bytes())
+    raw[8] ^= 0x40
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ItemCorruptError, match="chunk"):
+        open_archive(path).item(items[0].id)
 
 
 def test_flipped_byte_is_detected_and_names_the_id(tmp_path, codec, tiny_codec_dir):
@@ -174,7 +232,7 @@ def test_flipped_byte_is_detected_and_names_the_id(tmp_path, codec, tiny_codec_d
     items = make_items(3)
     new_writer(path, codec, tiny_codec_dir).append(items)
     group = zarr.open_group(str(path), mode="r+")
-    position = int(group["offsets"][1]) + 4  # inside item 1
+    position = open_archive(path).byte_range(items[1].id)[0] + 4  # inside item 1
     group["bitstreams"][position] = int(group["bitstreams"][position]) ^ 0x01
 
     archive = open_archive(path)
@@ -217,3 +275,33 @@ def test_decode_refuses_a_model_ref_with_another_model(tmp_path, codec, tiny_cod
     writer.append([Item("x.png", codec.encode(image), image.height, image.width, "folder")])
     with pytest.raises(ArchiveError, match=codec.card["model_id"]):
         open_archive(path).decode("x.png")
+
+
+def test_verify_clean_then_problems_per_id(tmp_path, codec, tiny_codec_dir, sample_images, capsys):
+    from latentzip.jobs import verify
+
+    path = tmp_path / "a.zarr"
+    items = [Item(f"img-{i}.png", codec.encode(image), image.height, image.width, "folder")
+             for i, image in enumerate(sample_images[:3])]
+    writer = new_writer(path, codec, tiny_codec_dir)
+    writer.append(items, [Failure("bad.jpg", "empty file", "folder")])
+    writer.update_index()
+    assert verify.main([str(path), "--decode-sample", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "OK - 3 items checked (1 recorded failures, 2 decoded)" in printed
+
+    # A byte flipped through zarr (so the chunk's crc32c is rewritten): only the item's CRC-32C knows.
+    group = zarr.open_group(str(path), mode="r+")
+    position = open_archive(path).byte_range("img-1.png")[0] + 20
+    group["bitstreams"][position] = int(group["bitstreams"][position]) ^ 0x10
+    # An index entry removed behind the writer's back.
+    index = group[group.attrs["latentzip"]["index"]["array"]]
+    table = index[:]
+    table[table[:, 1] == open_archive(path).position("img-2.png")] = 0
+    index[:] = table
+    assert verify.main([str(path)]) == 1
+    printed = capsys.readouterr().out
+    assert "img-1.png: stored bytes fail their CRC-32C" in printed
+    assert "img-2.png: not in the index" in printed
+    assert "img-0.png" not in printed
+    assert verify.main([str(tmp_path / "nothing.zarr")]) == 2

@@ -22,7 +22,8 @@ def image_folder(tmp_path_factory, _sample_image_cache):
 def test_rd_writes_json(tiny_codec_dir, tiny_codec_factory, image_folder, tmp_path, capsys):
     out = tmp_path / "rd.json"
     other = tiny_codec_factory(seed=1)
-    assert bench.main(["rd", str(tiny_codec_dir), str(other), str(image_folder), "--out", str(out)]) == 0
+    assert bench.main(["rd", str(tiny_codec_dir), str(other), "--images", str(image_folder), "--out", str(out),
+                       "--against", "none"]) == 0
     printed = capsys.readouterr().out
     assert "| model | mode |" in printed and str(out) in printed
     document = json.loads(out.read_text())
@@ -45,14 +46,17 @@ def test_rd_writes_json(tiny_codec_dir, tiny_codec_factory, image_folder, tmp_pa
 
 def test_rd_writes_markdown(tiny_codec_dir, image_folder, tmp_path):
     out = tmp_path / "sub" / "rd.md"
-    assert cli.main(["bench", "rd", str(tiny_codec_dir), str(image_folder), "--out", str(out), "--max-side", "64"]) == 0
+    assert cli.main(["bench", "rd", str(tiny_codec_dir), "--images", str(image_folder), "--out", str(out),
+                     "--max-side", "64", "--against", "none"]) == 0
     text = out.read_text()
     assert "| integer |" in text and "| float |" in text and "Δbpp" in text
 
 
 def test_rd_rejects_bad_arguments(tiny_codec_dir, image_folder, tmp_path, capsys):
-    assert bench.main(["rd", str(tiny_codec_dir), str(image_folder), "--out", str(tmp_path / "rd.txt")]) == 2
-    assert bench.main(["rd", str(tiny_codec_dir), str(tmp_path / "none"), "--out", str(tmp_path / "rd.md")]) == 2
+    assert bench.main(["rd", str(tiny_codec_dir), "--images", str(image_folder), "--out", str(tmp_path / "rd.txt")]) == 2
+    assert bench.main(["rd", str(tiny_codec_dir), "--images", str(tmp_path / "none"), "--out", str(tmp_path / "rd.md")])
+    assert bench.main(["rd", str(tiny_codec_dir), "--images", str(image_folder), "--out", str(tmp_path / "rd.md"),
+                       "--against", "jpeg,bmp"]) == 2 == 2
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main([])
@@ -70,3 +74,28 @@ def test_bd_deltas_with_four_rate_points():
     assert comparison["points"] == 4
     assert comparison["bd_rate_pct"] == pytest.approx(1.0, abs=0.05)
     assert comparison["bd_psnr_db"] < 0
+
+
+def test_bd_deltas_leave_out_models_below_the_curve():
+    from latentzip.pipeline.benchmarks import ModeResult
+
+    points = [(0.2, 28.0), (0.4, 31.0), (0.5, 30.0), (0.8, 34.0), (1.6, 37.0)]  # q2: more bits, less PSNR
+    results = [ModeResult(f"q{i}", "scale-hyperprior", mode, "00", 0.01, 1, 1, bpp * factor, psnr, 1.0, 1.0)
+               for i, (bpp, psnr) in enumerate(points) for mode, factor in (("integer", 1.02), ("float", 1.0))]
+    comparison = compare(results)
+    assert comparison["bd_dropped"] == ["q2"] and comparison["bd_models"] == ["q0", "q1", "q3", "q4"]
+    assert comparison["bd_rate_pct"] == pytest.approx(2.0, abs=0.1)
+    comparison = compare([r for r in results if r.model != "q4"])
+    assert comparison["bd_rate_pct"] is None and "q2" in comparison["bd_error"]
+
+
+@pytest.mark.slow
+def test_rd_against_classical_codecs_writes_the_bd_table(ray_local, tiny_codec_factory, image_folder, tmp_path):
+    out = tmp_path / "rd.md"
+    models = [str(tiny_codec_factory(seed=s)) for s in (0, 1)]
+    assert bench.main(["rd", *models, "--images", str(image_folder), "--out", str(out), "--against", "jpeg",
+                       "--repeats", "1"]) == 0
+    text = out.read_text()
+    assert "# Learned vs classical codecs" in text and "| jpeg |" in text and "# Integer vs float" in text
+    report_dir = tmp_path / "rd-report"
+    assert (report_dir / "report.html").is_file() and (report_dir / "bd.json").is_file()

@@ -72,6 +72,27 @@ def test_ingest_encode_decode_commands(encoded, photos, tmp_path, capsys):
     assert "missing.jpg" in capsys.readouterr().err
 
 
+def test_decode_several_ids_a_range_and_parquet(encoded, tmp_path, capsys):
+    path = str(encoded / "a.zarr")
+    archive = open_archive(path)
+    first, second = archive.ids[:2]
+    assert decode.main([path, "--id", first, "--id", second, "-o", str(tmp_path / "two")]) == 0
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.png")) == sorted([first + ".png", second + ".png"])
+    assert decode.main([path, "--range", "1:", "-o", str(tmp_path / "range")]) == 0
+    assert sorted(p.name for p in (tmp_path / "range").glob("*.png")) == sorted(i + ".png" for i in archive.ids[1:])
+    assert decode.main([path, "--all", "--format", "parquet", "-o", str(tmp_path / "all.parquet")]) == 0
+    from latentzip.pipeline.decoding import decode_array, read_parquet_images
+
+    shard = read_parquet_images(tmp_path / "all.parquet")
+    assert sorted(shard) == sorted(archive.ids)
+    assert all(np.array_equal(pixels, decode_array(archive, item_id)) for item_id, pixels in shard.items())
+    capsys.readouterr()
+    assert decode.main([path, "--id", first, "--id", "missing.jpg", "-o", str(tmp_path / "x")]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    assert decode.main([path, "--range", "a:b"]) == 2
+    assert "START:STOP" in capsys.readouterr().err
+
+
 def test_encode_refuses_classical_codec(encoded, capsys):
     assert encode.main([str(encoded / "shards"), "--model", "jpeg", "--archive", str(encoded / "b.zarr")]) == 2
     assert "learned codec" in capsys.readouterr().err
@@ -94,9 +115,10 @@ def test_train_command(local_ray, photos, tmp_path):
 
 @pytest.mark.slow
 def test_demo_command(local_ray, photos, tmp_path, capsys):
-    assert demo.main(["--out", str(tmp_path / "demo"), "--images", str(photos), "--steps", "2"]) == 0
+    assert demo.main(["--out", str(tmp_path / "demo"), "--images", str(photos), "--train", "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "archive:" in printed and "report:" in printed
+    assert "train a small codec" in printed and str(tmp_path / "demo" / "demo-codec") in printed
     decoded = sorted((tmp_path / "demo" / "decoded").glob("*.png"))
     assert len(decoded) == 3
     assert all(np.asarray(Image.open(p)).shape == (72, 96, 3) for p in decoded)

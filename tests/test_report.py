@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from latentzip.codecs.classical import FORMATS
-from latentzip.codecs.registry import load_codec
 from latentzip.jobs import report as report_job
-from latentzip.pipeline.archive import ArchiveWriter, Item, open_archive
-from latentzip.pipeline.report import classical_plan, learned_spec, report
+from latentzip.pipeline.archive import open_archive
+from latentzip.pipeline.encoding import encode
+from latentzip.pipeline.report import assign_series, classical_plan, learned_spec, model_spec, report
 from latentzip.pipeline.shards import ingest
 
 QUALITIES = {"jpeg": [30, 80], "webp": [50]}
@@ -46,25 +46,38 @@ def shards(photos, tmp_path_factory):
     return ingest(photos, tmp_path_factory.mktemp("report-shards"), images_per_shard=2, progress=None).out_dir
 
 
+def encoded_archive(photos, ids, codec_dir, root):
+    """ingest ``ids`` of ``photos`` and encode them with ``codec_dir`` on Ray: the archive's path."""
+    for item_id in ids:
+        (root / "in" / item_id).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photos / item_id, root / "in" / item_id)
+    ingest(root / "in", root / "shards", images_per_shard=2, progress=None)
+    summary = encode(root / "shards", root / "a.zarr", str(codec_dir), batch_size=2, progress=None)
+    assert summary.images == len(ids)
+    return root / "a.zarr"
+
+
 @pytest.fixture(scope="module")
-def archive(photos, tiny_codec_dir, tmp_path_factory):
-    """An archive written directly (no Ray): every photo but ``c.png``, encoded by the tiny codec."""
-    codec = load_codec(tiny_codec_dir)
-    path = tmp_path_factory.mktemp("report-archive") / "a.zarr"
-    writer = ArchiveWriter.open_or_create(path, codec.card, str(tiny_codec_dir))
-    items = []
-    for item_id in ("a.png", "sub/b.jpg", "large.png"):
-        image = Image.open(photos / item_id).convert("RGB")
-        items.append(Item(item_id, codec.encode(image), image.height, image.width, str(photos)))
-    assert writer.append(items) == 3
-    return path
+def archive(local_ray, photos, tiny_codec_dir, tmp_path_factory):
+    """Every photo but ``c.png``, ingested and encoded by the tiny codec."""
+    return encoded_archive(photos, ("a.png", "sub/b.jpg", "large.png"), tiny_codec_dir,
+                           tmp_path_factory.mktemp("report-archive"))
+
+
+def lambda_codec(source, codec_dir, lmbda):
+    """A copy of a codec with a training lambda in its card (the card is not part of the model id)."""
+    shutil.copytree(source, codec_dir)
+    document = json.loads((codec_dir / "codec.json").read_text())
+    document["card"]["training"] = {"lmbda": lmbda}
+    (codec_dir / "codec.json").write_text(json.dumps(document))
+    return codec_dir
 
 
 @pytest.fixture(scope="module")
 def in_process(archive, shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("report-out")
     result = report(archive, shards, out, classical=("jpeg", "webp"), qualities=QUALITIES, use_ray=False,
-                    progress=None)
+                    progress=None, extend_sweeps=False)
     return result, pq.read_table(result.rows_parquet).to_pylist()
 
 
@@ -125,7 +138,7 @@ def test_files_written(in_process):
 def test_on_ray_from_an_image_folder_matches_in_process(local_ray, in_process, archive, photos, tmp_path):
     _, expected = in_process
     result = report(archive, photos, tmp_path, classical=("jpeg", "webp"), qualities=QUALITIES, use_ray=True,
-                    progress=None)
+                    progress=None, extend_sweeps=False)
     rows = pq.read_table(result.rows_parquet).to_pylist()
     key = ("id", "codec", "quality", "num_bytes", "bpp", "psnr_db", "width", "height")
 
@@ -135,16 +148,28 @@ def test_on_ray_from_an_image_folder_matches_in_process(local_ray, in_process, a
     assert [comparable(r) for r in rows] == [comparable(r) for r in expected]
 
 
-def test_learned_name_and_lambda_from_a_training_run(tiny_codec_dir, tmp_path):
+def test_learned_name_and_lambda_from_a_training_run(local_ray, photos, tiny_codec_dir, tmp_path):
     """Training writes RUN/codec with the recipe in the card: the run names the model, lmbda is the quality."""
-    codec_dir = tmp_path / "my-run" / "codec"
-    shutil.copytree(tiny_codec_dir, codec_dir)
-    document = json.loads((codec_dir / "codec.json").read_text())
-    document["card"]["training"] = {"lmbda": 0.025}  # the card is not part of the model id
-    (codec_dir / "codec.json").write_text(json.dumps(document))
-    ArchiveWriter.open_or_create(tmp_path / "a.zarr", document, str(codec_dir))
-    spec = learned_spec(open_archive(tmp_path / "a.zarr"))
+    codec_dir = lambda_codec(tiny_codec_dir, tmp_path / "my-run" / "codec", 0.025)
+    path = encoded_archive(photos, ("a.png",), codec_dir, tmp_path)
+    spec = learned_spec(open_archive(path))
     assert (spec.name, spec.lmbda, spec.ref) == ("my-run", 0.025, str(codec_dir.resolve()))
+    assert model_spec(str(codec_dir)) == spec  # the same model encoding on the fly
+
+
+def test_series_from_models_of_one_architecture(tiny_codec_factory, tmp_path):
+    a = model_spec(str(lambda_codec(tiny_codec_factory(seed=0), tmp_path / "ra" / "codec", 0.01)))
+    b = model_spec(str(lambda_codec(tiny_codec_factory(seed=1), tmp_path / "rb" / "codec", 0.02)))
+    c = model_spec(str(tiny_codec_factory(seed=2)))  # no lambda in its card
+    assert [s.name for s in assign_series([a])] == ["ra"]
+    assert [s.name for s in assign_series([a, b])] == ["scale-hyperprior-N16-M24"] * 2
+    assert [s.name for s in assign_series([a, b], series="mine")] == ["mine", "mine"]
+    with pytest.raises(ValueError, match="distinct lambda"):
+        assign_series([a, c], series="mine")
+    named = assign_series([a, c])  # c has no lambda: a and c cannot share a curve, each keeps its name
+    assert [s.name for s in named] == ["ra", c.model]
+    with pytest.raises(ValueError, match="given twice"):
+        assign_series([a, a])
 
 
 def test_plan_validation():
@@ -161,14 +186,34 @@ def test_plan_validation():
 def test_report_command(local_ray, archive, shards, tmp_path, capsys):
     out = tmp_path / "cli"
     assert report_job.main([str(archive), str(shards), "--out", str(out), "--codecs", "jpeg",
-                            "--qualities", "jpeg=30,80"]) == 0
+                            "--qualities", "jpeg=30,80", "--no-extend"]) == 0
     printed = capsys.readouterr().out
     assert str(out / "report.md") in printed and str(out / "rd_psnr.png") in printed
     rows = pq.read_table(out / "rows.parquet").to_pylist()
     assert {(r["codec"], r["quality"]) for r in rows if r["kind"] == "classical"} == {("jpeg", 30), ("jpeg", 80)}
 
 
+def test_folder_of_images_encoded_on_the_fly_on_ray(local_ray, photos, tiny_codec_factory, tmp_path, capsys):
+    models = [lambda_codec(tiny_codec_factory(seed=s), tmp_path / f"run{s}" / "codec", 0.01 * (s + 1)) for s in (0, 1)]
+    out = tmp_path / "out"
+    assert report_job.main(["--images", str(photos), "--model", ",".join(map(str, models)), "--codecs", "jpeg",
+                            "--qualities", "jpeg=30,80", "--no-extend", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "needs ≥ 4 rate points (learned has" in printed and str(out / "report.html") in printed
+    rows = pq.read_table(out / "rows.parquet").to_pylist()
+    learned = [r for r in rows if r["kind"] == "learned"]
+    assert sorted({r["id"] for r in learned}) == ["a.png", "c.png", "large.png", "sub/b.jpg"]
+    assert sorted({r["quality"] for r in learned}) == [0.01, 0.02]
+    assert all(r["encode_s"] > 0 for r in learned)
+    assert {r["quality"] for r in rows if r["codec"] == "jpeg"} == {30, 80}  # --no-extend keeps the sweep
+    assert (out / "bd.json").is_file() and (out / "report.html").is_file()
+
+
 def test_report_command_errors(archive, shards, tmp_path, capsys):
+    assert report_job.main(["--images", str(shards), str(archive), "--out", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert report_job.main([str(shards), "--out", str(tmp_path)]) == 2
+    assert "expected ARCHIVE" in capsys.readouterr().err
     assert report_job.parse_qualities("jpeg=20,50.5;webp=30") == {"jpeg": [20, 50.5], "webp": [30]}
     assert report_job.main([str(archive), str(shards), "--out", str(tmp_path), "--no-ray", "--codecs", "jpeg",
                             "--qualities", "webp=50"]) == 2

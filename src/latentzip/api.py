@@ -1,6 +1,6 @@
 """The public Python API, importable from one place::
 
-    from latentzip.api import load_codec, open_archive
+    from latentzip.api import decode_array, load_codec, open_archive
 
     codec = load_codec("runs/demo/codec")        # or "jpeg", quality=75; or a zoo name
     data = codec.encode(PIL.Image.open("a.png"))  # bytes (a latentzip bitstream for learned codecs)
@@ -8,9 +8,11 @@
 
     archive = open_archive("runs/demo/archive.zarr")
     archive.ids[:5]; archive.decode(archive.ids[0])
+    pixels = decode_array(archive, archive.ids[0])  # numpy uint8 (height, width, 3); errors name the id
 """
 
 from latentzip.codecs.registry import list_codecs, load_codec
 from latentzip.pipeline.archive import open_archive
+from latentzip.pipeline.decoding import decode_array, decode_image
 
-__all__ = ["list_codecs", "load_codec", "open_archive"]
+__all__ = ["decode_array", "decode_image", "list_codecs", "load_codec", "open_archive"]

@@ -1,0 +1,111 @@
+"""The model zoo shipped in the package (``codecs/zoo/<name>/``): adding a trained codec, listing them.
+
+A zoo entry is an ordinary codec directory (``codec.json`` + ``model.safetensors``) whose card carries, on
+top of what training wrote (data, steps, wall time, hardware, recipe), its **validation** rate–distortion:
+every validation image encoded with the real range coder and decoded (bpp from the bytes written, PSNR and
+MS-SSIM from the 8-bit decoded image). The card is not part of the model id, so adding it changes nothing
+about the weights or the streams they write. ``MODEL_CARD.md`` beside it is the same card for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from latentzip.codecs.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_card
+from latentzip.codecs.learned import LearnedCodec
+from latentzip.codecs.metrics import ms_ssim, psnr_db
+from latentzip.codecs.registry import ZOO_DIR, zoo_models
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def validate(codec: LearnedCodec, images: list[tuple[str, object]]) -> dict:
+    """Real rate–distortion of ``codec`` on ``(id, PIL image)`` pairs: means over images, and per image."""
+    rows = []
+    for name, image in images:
+        started = time.perf_counter()
+        data = codec.encode(image)
+        decoded = codec.decode(data)
+        rows.append({"id": name, "bpp": len(data) * 8 / (image.width * image.height),
+                     "psnr_db": psnr_db(image, decoded), "ms_ssim": ms_ssim(image, decoded),
+                     "seconds": time.perf_counter() - started})
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    return {"images": len(rows), "bpp": mean("bpp"), "psnr_db": mean("psnr_db"), "ms_ssim": mean("ms_ssim"),
+            "per_image": rows}
+
+
+def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], val_source: str,
+        zoo_dir: str | Path = ZOO_DIR) -> Path:
+    """Copy a trained codec into the zoo as ``name`` with its validation RD in the card."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad zoo name {name!r}")
+    codec_dir = Path(codec_dir)
+    codec = LearnedCodec.from_path(codec_dir, name=name)
+    document = read_card(codec_dir)
+    result = validate(codec, val_images)
+    card = dict(document.get("card") or {})
+    card["validation"] = {"source": val_source, "entropy_params": codec.config.entropy_params,
+                          **{k: v for k, v in result.items() if k != "per_image"},
+                          "per_image": result["per_image"]}
+    target = Path(zoo_dir) / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(codec_dir / WEIGHTS_FILE, target / WEIGHTS_FILE)
+    (target / CONFIG_FILE).write_text(json.dumps({**document, "card": card}, indent=2, sort_keys=True) + "\n")
+    (target / CARD_FILE).write_text(model_card(name, {**document, "card": card}))
+    LearnedCodec.from_path(target)  # re-checks the model id against the copied weights
+    return target
+
+
+def summary_line(name: str, document: dict) -> str:
+    """One line: name first, then architecture, λ, steps and validation RD."""
+    config, card = document.get("config", {}), document.get("card") or {}
+    training, validation = card.get("training") or {}, card.get("validation") or {}
+    parts = [name, config.get("arch", "?"), f"N={config.get('N')} M={config.get('M')}"]
+    if "lmbda" in training:
+        parts.append(f"lambda={training['lmbda']:g}")
+    if "steps" in card:
+        parts.append(f"{card['steps']} steps")
+    if validation:
+        parts.append(f"val {validation['bpp']:.3f} bpp {validation['psnr_db']:.2f} dB "
+                     f"MS-SSIM {validation['ms_ssim']:.4f} ({validation['images']} images)")
+    return "  ".join(parts)
+
+
+def listing() -> list[str]:
+    return [summary_line(name, read_card(path)) for name, path in zoo_models().items()]
+
+
+def model_card(name: str, document: dict) -> str:
+    config, card = document["config"], document.get("card") or {}
+    training, validation = card.get("training") or {}, card.get("validation") or {}
+    data, hardware = card.get("data") or {}, card.get("hardware") or {}
+    wall = card.get("wall_time_s")
+    lines = [
+        f"# {name}", "",
+        f"`load_codec(\"{name}\")`, `--model {name}`. Model id `{document['model_id']}`.", "",
+        "| | |", "|---|---|",
+        f"| architecture | {config['arch']} (N={config['N']}, M={config['M']}), entropy parameters "
+        f"{config.get('entropy_params', 'float')} |",
+        f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from `{Path(str(data.get('source', '?'))).name}` |",
+        f"| steps | {card.get('steps', '?')} on {card.get('num_workers', '?')} Ray Train worker(s) |",
+        f"| wall time | {wall / 60:.1f} min |" if isinstance(wall, (int, float)) else "| wall time | ? |",
+        f"| hardware | {hardware.get('device', '?')}, {hardware.get('torch_threads', '?')} thread(s) per worker, "
+        f"{hardware.get('cpu_count', '?')} CPUs, torch {hardware.get('torch', '?')} |",
+        "| recipe | " + ", ".join(f"{key} {training[key]}" for key in
+                                 ("lmbda", "lr", "aux_lr", "batch_size", "patch_size", "min_scale", "clip_max_norm",
+                                  "lr_decay_at", "lr_decay") if key in training) + " |",
+    ]
+    if validation:
+        lines.append(f"| validation | {validation['images']} images of `{Path(validation['source']).name}`: "
+                     f"{validation['bpp']:.4f} bpp, {validation['psnr_db']:.3f} dB PSNR, "
+                     f"MS-SSIM {validation['ms_ssim']:.4f} (real bitstreams, decoded) |")
+        lines += ["", "| image | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
+        for row in validation["per_image"]:
+            ssim = row["ms_ssim"]
+            lines.append(f"| {row['id']} | {row['bpp']:.4f} | {row['psnr_db']:.3f} | "
+                         f"{'–' if isinstance(ssim, float) and math.isnan(ssim) else f'{ssim:.4f}'} |")
+    return "\n".join(lines) + "\n"

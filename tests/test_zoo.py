@@ -1,0 +1,67 @@
+"""The model zoo: adding a codec with its validation RD, listing, loading by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from latentzip.codecs import registry
+from latentzip.codecs.checkpoint import read_card
+from latentzip.codecs.registry import load_codec, zoo_models
+from latentzip.jobs import zoo as zoo_cli
+from latentzip.pipeline import zoo
+
+
+@pytest.fixture
+def tmp_zoo(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "ZOO_DIR", tmp_path / "zoo")
+    return tmp_path / "zoo"
+
+
+def test_add_writes_validation_rd_and_keeps_the_model_id(tiny_codec_dir, sample_images, tmp_zoo):
+    images = [(f"img{i}.png", image) for i, image in enumerate(sample_images[:3])]
+    target = zoo.add(tiny_codec_dir, "tiny-q1", images, "samples", zoo_dir=tmp_zoo)
+    document = read_card(target)
+    assert document["model_id"] == read_card(tiny_codec_dir)["model_id"]
+    validation = document["card"]["validation"]
+    assert validation["images"] == 3 and len(validation["per_image"]) == 3
+    codec = load_codec("tiny-q1")
+    first = sample_images[0]
+    assert validation["per_image"][0]["bpp"] == pytest.approx(len(codec.encode(first)) * 8 / (first.width * first.height))
+    assert "| validation | 3 images" in (target / zoo.CARD_FILE).read_text()
+    assert list(zoo_models()) == ["tiny-q1"]
+
+
+def test_cli_lists_one_model_per_line_name_first(tiny_codec_factory, sample_images, tmp_zoo, capsys):
+    for name, seed in (("b-model", 1), ("a-model", 0)):
+        zoo.add(tiny_codec_factory(seed=seed), name, [("x.png", sample_images[0])], "samples", zoo_dir=tmp_zoo)
+    assert zoo_cli.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["a-model", "b-model"]
+    assert all("bpp" in line and "scale-hyperprior" in line for line in lines)
+    assert zoo_cli.main(["show", "a-model"]) == 0
+    assert capsys.readouterr().out.startswith("# a-model")
+    assert zoo_cli.main(["show", "nope"]) == 2
+
+
+def test_add_refuses_bad_names(tiny_codec_dir, sample_images, tmp_zoo):
+    with pytest.raises(ValueError, match="bad zoo name"):
+        zoo.add(tiny_codec_dir, "../escape", [("x.png", sample_images[0])], "samples", zoo_dir=tmp_zoo)
+
+
+@pytest.mark.skipif(not zoo_models(), reason="no zoo models in this checkout")
+def test_shipped_zoo_models_load_by_name_and_round_trip(sample_images):
+    names = list(zoo_models())
+    assert len(names) >= 4
+    image = sample_images[1]
+    for name in names:
+        document = read_card(zoo_models()[name])
+        assert document["card"]["validation"]["images"] > 0 and document["card"]["steps"] > 0
+        codec = load_codec(name)
+        decoded = codec.decode(codec.encode(image))
+        assert decoded.size == image.size
+        assert np.abs(np.asarray(decoded, float) - np.asarray(image, float)).mean() < 40
+    total = sum(p.stat().st_size for d in zoo_models().values() for p in d.iterdir())
+    assert total <= 60 * 2**20
