@@ -92,7 +92,9 @@ def model_card(name: str, document: dict) -> str:
         f"{config.get('entropy_params', 'float')} |",
         f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from `{Path(str(data.get('source', '?'))).name}` |",
         f"| steps | {card.get('steps', '?')} on {card.get('num_workers', '?')} Ray Train worker(s) |",
-        f"| wall time | {wall / 60:.1f} min |" if isinstance(wall, (int, float)) else "| wall time | ? |",
+        (f"| time | {card['train_time_s'] / 60:.1f} min of training steps over all runs; the last run "
+         f"{wall / 60:.1f} min wall |" if isinstance(wall, (int, float)) and "train_time_s" in card
+         else f"| wall time | {wall / 60:.1f} min |" if isinstance(wall, (int, float)) else "| wall time | ? |"),
         f"| hardware | {hardware.get('device', '?')}, {hardware.get('torch_threads', '?')} thread(s) per worker, "
         f"{hardware.get('cpu_count', '?')} CPUs, torch {hardware.get('torch', '?')} |",
         "| recipe | " + ", ".join(f"{key} {training[key]}" for key in
