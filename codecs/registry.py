@@ -31,6 +31,11 @@ def zoo_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
 
 
+def codec_directory(name_or_path: str | Path) -> Path:
+    """The directory of a learned codec: a zoo model's by name, else ``name_or_path`` itself as a path."""
+    return zoo_models().get(str(name_or_path), Path(name_or_path).expanduser())
+
+
 def list_codecs() -> list[str]:
     return [*FORMATS, *zoo_models()]
 

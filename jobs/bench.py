@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _rd(args) -> int:
     from latentzip.codecs.classical import FORMATS
-    from latentzip.codecs.registry import zoo_models
+    from latentzip.codecs.registry import codec_directory, zoo_models
     from latentzip.pipeline.benchmarks import rd_benchmark, write_rd
 
     if args.out.suffix not in (".json", ".md"):
@@ -155,11 +155,10 @@ def _rd(args) -> int:
     unknown = [c for c in against if c not in FORMATS]
     if unknown:
         raise ValueError(f"unknown classical codec(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    zoo = zoo_models()
-    names = args.codecs or list(zoo)
+    names = args.codecs or list(zoo_models())
     if not names:
         raise ValueError("no models given and the zoo is empty")
-    directories = [zoo.get(str(name), Path(name)) for name in names]
+    directories = [codec_directory(name) for name in names]
     if not args.images.is_dir():
         raise FileNotFoundError(f"no image folder at {args.images} (give one with --images)")
     classical = None

@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 def _codec_dir(name: str | None):
     if name is None:
         return None
-    from latentzip.codecs.registry import zoo_models
+    from latentzip.codecs.registry import codec_directory
 
-    return zoo_models().get(name, name)
+    return codec_directory(name)
 
 
 def _sweep(args: argparse.Namespace, config) -> int:
