@@ -5,14 +5,19 @@ A name is one of:
 - a classical codec (``jpeg``, ``jpeg444``, ``webp``, ``jpeg2000``, ``avif``, ``jpegxl``), optionally with
   a quality: ``load_codec("webp", quality=60)``;
 - a model in the bundled zoo (``codecs/zoo/<name>/``), e.g. ``load_codec("mean-scale-q3")``;
-- a path to a codec directory written by training (``codec.json`` + ``model.safetensors``).
+- a path to a codec directory written by training (``codec.json`` + ``model.safetensors``), or an fsspec
+  URL of one (``s3://bucket/runs/q3/codec``: both files are fetched to a temporary folder, then loaded;
+  the model id inside the card is verified against the weights as for any codec directory).
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
-from latentzip.codecs.checkpoint import CONFIG_FILE
+from latentzip.codecs.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from latentzip.codecs.classical import FORMATS, ClassicalCodec
 from latentzip.codecs.learned import LearnedCodec
 
@@ -31,9 +36,34 @@ def zoo_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
 
 
-def codec_directory(name_or_path: str | Path) -> Path:
-    """The directory of a learned codec: a zoo model's by name, else ``name_or_path`` itself as a path."""
-    return zoo_models().get(str(name_or_path), Path(name_or_path).expanduser())
+def is_remote(name: str | Path) -> bool:
+    text = str(name)
+    return "://" in text and not text.startswith("file://")
+
+
+def codec_directory(name_or_path: str | Path) -> Path | str:
+    """The directory of a learned codec: a zoo model's by name, a URL as its string, else a local path."""
+    text = str(name_or_path)
+    if text in zoo_models():
+        return zoo_models()[text]
+    if is_remote(text):
+        return text.rstrip("/")
+    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+
+
+def fetch_codec(url: str) -> Path:
+    """A remote codec directory's two files in a new temporary folder (removed when the process exits)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    directory = Path(tempfile.mkdtemp(prefix="latentzip-codec-"))
+    atexit.register(shutil.rmtree, directory, True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            (directory / name).write_bytes(fs.cat_file(f"{root}/{name}"))
+        except FileNotFoundError:
+            raise UnknownCodecError(f"{url!r} is not a codec: no {name} there") from None
+    return directory
 
 
 def list_codecs() -> list[str]:
@@ -56,10 +86,12 @@ def load_codec(name_or_path: str | Path, **options):
     zoo = zoo_models()
     if name in zoo:
         return LearnedCodec.from_path(zoo[name], name=name, **options)
-    path = Path(name).expanduser()
+    path = codec_directory(name)
+    if isinstance(path, str):
+        return LearnedCodec.from_path(fetch_codec(path), name=name, **options)
     if (path / CONFIG_FILE).is_file():
         return LearnedCodec.from_path(path, **options)
     raise UnknownCodecError(
         f"{name!r} is not a codec: expected one of {', '.join(list_codecs())}, "
-        f"or a directory containing {CONFIG_FILE}"
+        f"or a directory (or URL) containing {CONFIG_FILE}"
     )

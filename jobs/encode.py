@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentzip encode", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", type=Path,
-                        help="ingest output folder (Parquet shards), one shard file, or a folder of images")
+    parser.add_argument("inputs",
+                        help="ingest output folder (Parquet shards), one shard file, or a folder of images: a "
+                             "path or an fsspec URL (s3://bucket/photos)")
     parser.add_argument("--model", required=True,
-                        help="learned codec: a codec directory written by `latentzip train`, or a zoo name")
+                        help="learned codec: a zoo name, or a codec directory written by `latentzip train` (a "
+                             "path or a URL)")
     parser.add_argument("--archive", required=True,
                         help="Zarr archive to create or append to: a folder or an fsspec URL (s3://bucket/a.zarr; "
                              "must have been written by the same model)")

@@ -2,21 +2,21 @@
 
 Every file below FOLDER is decoded once; readable images go into ``shard-NNNNN.parquet`` (id = path
 relative to FOLDER, the original bytes, width, height, source), unreadable ones into ``errors.parquet`` with
-the reason. Rerunning rewrites the same shards.
+the reason. Rerunning rewrites the same shards. FOLDER and SHARDS may be fsspec URLs (s3://...).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentzip ingest", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="folder of images, searched recursively (hidden files skipped)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for the shards")
+    parser.add_argument("folder", help="folder of images, searched recursively (hidden files skipped); a path or "
+                                       "an fsspec URL (s3://bucket/photos)")
+    parser.add_argument("--out", required=True, help="output folder for the shards: a path or an fsspec URL")
     parser.add_argument("--images-per-shard", type=int, default=256,
                         help="rows per shard: the unit of work of later jobs (default 256)")
     parser.add_argument("--threads", type=int, default=4, help="threads decoding images (default 4)")
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from latentzip.pipeline import storage
     from latentzip.pipeline.shards import ingest
 
     try:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latentzip ingest: error: {exc}", file=sys.stderr)
         return 2
     print(f"ingested {result.images} images into {len(result.shards)} shards in {result.out_dir}; "
-          f"{result.errors} unreadable files listed in {result.out_dir / 'errors.parquet'}")
+          f"{result.errors} unreadable files listed in {storage.join(result.out_dir, 'errors.parquet')}")
     return 0
 
 

@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentzip-report", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", type=Path, nargs="*", metavar="ARCHIVE ... ORIGINALS",
+    parser.add_argument("inputs", nargs="*", metavar="ARCHIVE ... ORIGINALS",
                         help="latentzip archives (.zarr folders written by the encode job), then the original images: "
                              "ingest's folder of Parquet shards, one shard, or the folder of images that was "
                              "ingested (ids are paths relative to it)")
-    parser.add_argument("--images", type=Path, metavar="DIR",
+    parser.add_argument("--images", metavar="DIR",
                         help="a folder of images (or ingest shards) to encode on the fly with --model, instead of "
                              "positional ORIGINALS")
     parser.add_argument("--model", dest="models", action="append", default=[], metavar="CODEC[,CODEC...]",

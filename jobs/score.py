@@ -21,8 +21,9 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentzip score", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", nargs="?", type=Path, help="ingest output folder, shard file or image folder")
-    parser.add_argument("--archive", type=Path, help="score this archive's stored items instead of INPUT")
+    parser.add_argument("input", nargs="?", help="ingest output folder, shard file or image folder (a path or an "
+                                                   "fsspec URL, s3://...)")
+    parser.add_argument("--archive", help="score this archive's stored items instead of INPUT (a path or a URL)")
     parser.add_argument("--model", help="learned codec: a codec directory or a zoo name (needed for INPUT)")
     parser.add_argument("--out", required=True, type=Path, help="folder for rows.parquet, calibration.json, heatmaps/")
     calibration = parser.add_argument_group("calibration")

@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentzip-train", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="folder of images (searched recursively), or a folder of Parquet shards")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder: checkpoints in OUT/ray, the codec in OUT/codec, OUT/metrics.jsonl")
+    parser.add_argument("data", help="folder of images (searched recursively), or a folder of Parquet shards: a "
+                                     "path or an fsspec URL (s3://bucket/photos)")
+    parser.add_argument("--out", required=True,
+                        help="output folder: checkpoints in OUT/ray, the codec in OUT/codec, OUT/metrics.jsonl; a "
+                             "path or a URL (s3://bucket/runs/q3: checkpoints go to object storage too)")
     parser.add_argument("--config", type=Path, metavar="FILE.toml",
                         help="TOML file of TrainConfig fields; flags given on the command line win")
     parser.add_argument("--arch", choices=ARCHITECTURES, help="codec architecture (default scale-hyperprior)")
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", help="validation images (folder or shards), evaluated whole on rank 0")
     parser.add_argument("--validate-every", type=int, help="steps between validations (default 0: never)")
     parser.add_argument("--init-from", metavar="CODEC",
-                        help="start from a trained codec's weights (a zoo name or a codec directory); its "
+                        help="start from a trained codec's weights (a zoo name, a codec directory or its URL); its "
                              "steps count towards --steps")
     parser.add_argument("--max-failures", type=int,
                         help="worker-group restarts from the last checkpoint after a failure (default 0)")

@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 import torch
 from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_codec
+from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
-from latentzip.pipeline.shards import list_files, shard_paths
+from latentzip.pipeline.shards import shard_paths
 from PIL import Image
 
 PRECISIONS = ("fp32", "bf16")
@@ -53,7 +53,8 @@ class Unit:
 
 
 def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tuple[list[Unit], str]:
-    """The units of work of ``location`` and what they are (``"shards"`` or ``"file groups"``).
+    """The units of work of ``location`` (a path or a URL, see pipeline/storage.py) and what they are
+    (``"shards"`` or ``"file groups"``).
 
     A shard file, or a folder holding Parquet shards or ``ingest.json``, is ingest output: one unit per
     shard. Any other folder is an image folder: its files in ``list_files`` order, cut into groups of
@@ -61,13 +62,15 @@ def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tu
     joined by NUL>``, so the same folder gives the same units on every run, and a group whose files
     changed gets a new name (its files not in the archive yet are encoded, the others skipped).
     """
-    location = Path(location)
-    if location.is_file() or not location.is_dir() or (location / "ingest.json").exists() or any(
-            p.name != "errors.parquet" for p in location.glob("*.parquet")):
-        return [Unit(str(p), pq.ParquetFile(p).metadata.num_rows) for p in shard_paths(location)], "shards"
+    location = storage.normalise(location)
+    if not storage.exists(location):
+        raise FileNotFoundError(f"input {location} does not exist")
+    if storage.is_file(location) or storage.exists(storage.join(location, "ingest.json")) or any(
+            not str(p).endswith("/errors.parquet") for p in storage.glob(location, "*.parquet")):
+        return [Unit(str(p), storage.parquet_file(p).metadata.num_rows) for p in shard_paths(location)], "shards"
     if files_per_unit < 1:
         raise ValueError("files_per_unit must be at least 1")
-    ids = [p.relative_to(location).as_posix() for p in list_files(location)]
+    ids = storage.list_files(location)
     if not ids:
         raise FileNotFoundError(f"no files and no Parquet shards in {location}")
     units = []
@@ -118,11 +121,11 @@ class EncodeStage:
         for u, unit in enumerate(batch["unit"]):
             if "files" in batch:
                 ids = str(batch["files"][u]).split("\0")
-                folder = Path(str(batch["folder"][u]))
-                read = list(self.readers.map(_read_file, [folder / item_id for item_id in ids]))
+                folder = str(batch["folder"][u])
+                read = list(self.readers.map(_read_file, [storage.join(folder, item_id) for item_id in ids]))
                 out = self.encode_rows(ids, [data for data, _ in read], [error for _, error in read])
             else:
-                table = pq.read_table(str(unit), columns=["id", "image"])
+                table = storage.read_table(str(unit), columns=["id", "image"])
                 out = self.encode_rows(table.column("id").to_pylist(), table.column("image").to_pylist())
             columns["unit"] += [str(unit)] * len(out["id"])
             columns["row"] += list(range(len(out["id"])))
@@ -166,9 +169,9 @@ class EncodeStage:
             return out
 
 
-def _read_file(path: Path) -> tuple[bytes, str]:
+def _read_file(path: str | Path) -> tuple[bytes, str]:
     try:
-        return path.read_bytes(), ""
+        return storage.read_bytes(path), ""
     except OSError as exc:  # vanished, unreadable or a directory-like entry: a per-file failure
         return b"", f"unreadable file: {type(exc).__name__}: {exc}"
 

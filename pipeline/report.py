@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 import latentzip
@@ -62,7 +61,8 @@ from latentzip.pipeline.raycluster import cluster_cpus
 from latentzip.pipeline.report_outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
                                                write_markdown, write_table)
 from latentzip.pipeline.report_sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
-from latentzip.pipeline.shards import list_files, shard_paths
+from latentzip.pipeline import storage
+from latentzip.pipeline.shards import shard_paths
 
 ALL_CLASSICAL = tuple(FORMATS)
 
@@ -120,36 +120,36 @@ class ReportResult:
 
 # ---------------------------------------------------------------------------------------------- inputs
 
-def _is_shards(location: Path) -> bool:
-    if location.is_file():
+def _is_shards(location: str | Path) -> bool:
+    if storage.is_file(location):
         return True
-    return any(p.name != "errors.parquet" for p in location.glob("*.parquet"))
+    return any(not str(p).endswith("errors.parquet") for p in storage.glob(location, "*.parquet"))
 
 
 def original_ids(location: str | Path) -> list[str]:
-    """The ids of the originals: shard ``id`` column, or paths relative to a plain folder of images."""
-    location = Path(location)
-    if not location.exists():
+    """The ids of the originals (a path or a URL): shard ``id`` column, or paths relative to a plain folder
+    of images."""
+    location = storage.normalise(location)
+    if not storage.exists(location):
         raise FileNotFoundError(f"originals {location} do not exist")
     if _is_shards(location):
-        return [i for p in shard_paths(location) for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
-    return [p.relative_to(location).as_posix() for p in list_files(location)]
+        return [i for p in shard_paths(location) for i in storage.read_table(p, columns=["id"]).column("id").to_pylist()]
+    return storage.list_files(location)
 
 
 def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
     """(id, original bytes) for ``wanted`` ids, one shard (or file) in memory at a time."""
-    location = Path(location)
+    location = storage.normalise(location)
     if _is_shards(location):
         for path in shard_paths(location):
-            table = pq.read_table(path, columns=["id", "image"])
+            table = storage.read_table(path, columns=["id", "image"])
             for item_id, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist()):
                 if item_id in wanted:
                     yield item_id, data
     else:
-        for path in list_files(location):
-            item_id = path.relative_to(location).as_posix()
+        for item_id in storage.list_files(location):
             if item_id in wanted:
-                yield item_id, path.read_bytes()
+                yield item_id, storage.read_bytes(storage.join(location, item_id))
 
 
 def classical_plan(classical=ALL_CLASSICAL, qualities: dict[str, list] | None = None) -> list[tuple[str, float]]:
@@ -455,7 +455,7 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
     codec_order = {name: i for i, name in enumerate(dict.fromkeys([s.name for s in specs] + [n for n, _ in plan]))}
     rows.sort(key=lambda r: (position[r["id"]], codec_order[r["codec"]], r["quality"]))
     header = {
-        "archives": ", ".join(f"`{Path(a)}` ({len(r)} items)" for a, r in zip(archives, readers)) or "none",
+        "archives": ", ".join(f"`{a}` ({len(r)} items)" for a, r in zip(archives, readers)) or "none",
         "learned models": "; ".join(f"{s.model} → series {s.name} (λ {fmt(s.lmbda, 4)}, id `{s.model_id}`, "
                                     f"{'archive' if r else 'encoded on the fly'})" for s, r in sources) or "none",
         "originals": f"`{Path(originals)}`",

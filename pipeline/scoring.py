@@ -44,7 +44,8 @@ from latentzip.codecs.generative import analyse
 from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
-from latentzip.pipeline.shards import list_files, read_originals, shard_paths
+from latentzip.pipeline import storage
+from latentzip.pipeline.shards import read_originals, shard_paths
 
 METHODS = ("percentile", "robust-z")
 #: MAD of a normal distribution times this is its standard deviation.
@@ -82,7 +83,7 @@ class ScoreStage:
                **{f"est_bpp_g{k}": math.nan for k in range(self.groups)},
                "max_block_bpp": math.nan, "rate_map": b"", "rate_map_rows": 0, "rate_map_cols": 0, "error": ""}
         try:
-            image = load_image(bytes(data) if data is not None else Path(source).read_bytes())
+            image = load_image(bytes(data) if data is not None else storage.read_bytes(source))
             rates = analyse(self.codec, image)
         except (UnsupportedImageError, OSError) as exc:
             return {**row, "error": str(exc)}
@@ -169,20 +170,21 @@ class ScoreSummary:
 
 def input_rows(location: str | Path) -> tuple[str, list]:
     """``("shards", [shard paths])`` for ingest output or a shard file, else ``("folder", [{id, source}])``
-    for a folder of image files (ids relative to it, as ingest names them) or one image file."""
-    location = Path(location)
-    if not location.exists():
+    for a folder of image files (ids relative to it, as ingest names them) or one image file. Paths or
+    URLs (pipeline/storage.py)."""
+    location = storage.normalise(location)
+    if not storage.exists(location):
         raise FileNotFoundError(f"input {location} does not exist")
-    if location.is_file():
-        if location.suffix == ".parquet":
+    if storage.is_file(location):
+        if str(location).endswith(".parquet"):
             return "shards", [location]
-        return "folder", [{"id": location.name, "source": str(location)}]
-    if any(location.glob("*.parquet")):
+        return "folder", [{"id": str(location).rsplit("/", 1)[-1], "source": str(location)}]
+    if storage.glob(location, "*.parquet"):
         return "shards", shard_paths(location)
-    files = list_files(location)
+    files = storage.list_files(location)
     if not files:
         raise FileNotFoundError(f"no files in {location}")
-    return "folder", [{"id": p.relative_to(location).as_posix(), "source": str(p)} for p in files]
+    return "folder", [{"id": name, "source": str(storage.join(location, name))} for name in files]
 
 
 def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size: int = 8,
@@ -191,8 +193,13 @@ def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size
     highest bpp with their rate maps as ``float32`` arrays under ``"rate_map"``)."""
     kind, inputs = input_rows(location)
     if kind == "shards":
-        ds = ray.data.read_parquet([str(p) for p in inputs]).select_columns(["id", "image", "source"])
-        total = sum(pq.read_metadata(p).num_rows for p in inputs)
+        if storage.is_url(inputs[0]):  # the same fsspec filesystem (credentials, endpoint) as everything else
+            filesystem = storage.arrow_filesystem(inputs[0])[0]
+            ds = ray.data.read_parquet([storage.filesystem(p)[1] for p in inputs], filesystem=filesystem)
+        else:
+            ds = ray.data.read_parquet([str(p) for p in inputs])
+        ds = ds.select_columns(["id", "image", "source"])
+        total = sum(storage.parquet_file(p).metadata.num_rows for p in inputs)
     else:
         ds = ray.data.from_items(inputs)
         total = len(inputs)
@@ -337,7 +344,7 @@ def write_heatmaps(top: list[dict], location: str | Path, folder: Path) -> dict[
     vmax = max(float(r["rate_map"].max()) for r in top) or 1.0
     written = {}
     for rank, row in enumerate(top):
-        data = originals.get(row["id"]) or Path(row["source"]).read_bytes()
+        data = originals.get(row["id"]) or storage.read_bytes(row["source"])
         panel = heatmap_panel(load_image(data), row["rate_map"], vmax,
                               f"{row['id']}  {row['bpp']:.3f} bpp  (map: 0-{vmax:.2f} bpp per block)")
         path = folder / f"{rank:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', row['id'])}.png"

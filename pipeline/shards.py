@@ -6,8 +6,9 @@ the id is the file's path relative to the folder (POSIX separators), ``image`` t
 applied). Every file is fully decoded once, so a truncated or mislabelled file is caught here and listed in
 ``errors.parquet`` (``source``, ``reason``) instead of failing a job later. ``ingest.json`` records counts.
 
-Shards are written to a temporary name and renamed, so a shard that exists is complete; rerunning ingest
-on the same folder rewrites the same shards.
+Shards are written whole (locally to a temporary name, then renamed; on object storage one PUT), so a shard
+that exists is complete; rerunning ingest on the same folder rewrites the same shards. The folder and the
+output may be paths or URLs (``s3://...``, see pipeline/storage.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from latentzip.codecs.images import UnsupportedImageError, load_image
+from latentzip.pipeline import storage
 
 SHARD_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -35,8 +36,8 @@ ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string())])
 
 @dataclass(frozen=True)
 class IngestResult:
-    out_dir: Path
-    shards: list[Path]
+    out_dir: str | Path
+    shards: list
     images: int
     errors: int
 
@@ -50,8 +51,8 @@ def list_files(folder: Path) -> list[Path]:
     return files
 
 
-def _probe(path: Path) -> dict:
-    data = path.read_bytes()
+def _probe(path: str | Path) -> dict:
+    data = storage.read_bytes(path)
     if not data:
         raise UnsupportedImageError("empty file")
     image = load_image(data)
@@ -60,65 +61,62 @@ def _probe(path: Path) -> dict:
 
 def ingest(folder: str | Path, out_dir: str | Path, images_per_shard: int = 256, workers: int = 4,
            progress=print) -> IngestResult:
-    folder, out_dir = Path(folder), Path(out_dir)
-    if not folder.is_dir():
+    """``folder`` and ``out_dir``: paths or URLs (pipeline/storage.py)."""
+    folder, out_dir = storage.normalise(folder), storage.normalise(out_dir)
+    if not storage.is_dir(folder):
         raise FileNotFoundError(f"input folder {folder} does not exist")
     if images_per_shard < 1:
         raise ValueError("images_per_shard must be at least 1")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = list_files(folder)
+    if isinstance(out_dir, Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    files = storage.list_files(folder)
     rows, errors, shards, images = [], [], [], 0
 
-    def probe(path: Path):
+    def probe(item_id: str):
+        source = storage.join(folder, item_id)
         try:
-            return path, _probe(path), None
+            return item_id, source, _probe(source), None
         except (UnsupportedImageError, OSError) as exc:
-            return path, None, str(exc)
+            return item_id, source, None, str(exc)
 
     def flush():
-        path = out_dir / f"shard-{len(shards):05d}.parquet"
-        _write_atomic(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), path)
+        path = storage.join(out_dir, f"shard-{len(shards):05d}.parquet")
+        storage.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), path)
         shards.append(path)
         rows.clear()
 
     # Shards are written as they fill, so memory holds one shard of image bytes, not the whole folder.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, (path, row, error) in enumerate(pool.map(probe, files), 1):
+        for done, (item_id, source, row, error) in enumerate(pool.map(probe, files), 1):
             if error is None:
-                rows.append({"id": path.relative_to(folder).as_posix(), **row, "source": str(path)})
+                rows.append({"id": item_id, **row, "source": str(source)})
                 images += 1
                 if len(rows) == images_per_shard:
                     flush()
             else:
-                errors.append({"source": str(path), "reason": error})
+                errors.append({"source": str(source), "reason": error})
             if progress and (done % 100 == 0 or done == len(files)):
                 progress(f"ingest: {done}/{len(files)} files read, {len(errors)} unreadable")
     if rows:
         flush()
 
-    for stale in sorted(out_dir.glob("shard-*.parquet")):
-        if stale not in shards:
-            stale.unlink()
-    _write_atomic(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), out_dir / "errors.parquet")
+    for stale in storage.glob(out_dir, "shard-*.parquet"):
+        if str(stale) not in map(str, shards):
+            storage.remove(stale)
+    storage.write_table(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), storage.join(out_dir, "errors.parquet"))
     manifest = {"folder": str(folder), "images": images, "errors": len(errors),
-                "shards": [p.name for p in shards], "images_per_shard": images_per_shard}
-    (out_dir / "ingest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+                "shards": [str(p).rsplit("/", 1)[-1] for p in shards], "images_per_shard": images_per_shard}
+    storage.write_bytes(storage.join(out_dir, "ingest.json"), (json.dumps(manifest, indent=2) + "\n").encode())
     return IngestResult(out_dir, shards, images, len(errors))
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def shard_paths(location: str | Path) -> list[Path]:
-    """The shards of an ingest output folder, or a single shard file."""
-    location = Path(location)
-    if location.is_file():
+def shard_paths(location: str | Path) -> list:
+    """The shards of an ingest output folder (or prefix), or a single shard file: Paths, or URLs."""
+    location = storage.normalise(location)
+    if storage.is_file(location):
         return [location]
-    shards = sorted(location.glob("shard-*.parquet")) or sorted(location.glob("*.parquet"))
-    shards = [p for p in shards if p.name != "errors.parquet"]
+    shards = storage.glob(location, "shard-*.parquet") or storage.glob(location, "*.parquet")
+    shards = [p for p in shards if str(p).rsplit("/", 1)[-1] != "errors.parquet"]
     if not shards:
         raise FileNotFoundError(f"no Parquet shards in {location} (run `latentzip ingest` first)")
     return shards
@@ -128,7 +126,7 @@ def read_originals(location: str | Path, ids: set[str] | None = None) -> dict[st
     """id -> original image bytes from shards (all, or only ``ids``)."""
     out = {}
     for path in shard_paths(location):
-        table = pq.read_table(path, columns=["id", "image"])
+        table = storage.read_table(path, columns=["id", "image"])
         for item_id, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist()):
             if ids is None or item_id in ids:
                 out[item_id] = data

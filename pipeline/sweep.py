@@ -14,12 +14,13 @@ import dataclasses
 import math
 from pathlib import Path
 
+from latentzip.pipeline import storage
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus, ensure_ray
 from latentzip.pipeline.training import TrainConfig, TrainResult, train
 
 
-def trial_dir(out_dir: str | Path, lmbda: float) -> Path:
-    return Path(out_dir) / f"lambda-{lmbda:g}"
+def trial_dir(out_dir: str | Path, lmbda: float) -> Path | str:
+    return storage.join(out_dir, f"lambda-{lmbda:g}")
 
 
 def plan(config: TrainConfig, lambdas: list[float], cpus: int, gpus: int,
@@ -50,7 +51,8 @@ def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[fl
     progress(f"sweep: {len(configs)} rate points, {concurrent} at a time, {config.num_workers} worker(s) each "
              f"with {configs[0].cpus_per_worker} CPU(s)"
              + (f" and {configs[0].gpus_per_worker:g} GPU" if config.use_gpu else ""))
-    out_dir = Path(out_dir).resolve()
+    out_dir = storage.normalise(out_dir)
+    out_dir = out_dir.resolve() if isinstance(out_dir, Path) else out_dir
     run = ray.remote(num_cpus=0)(_trial)
     pending, running, results = list(enumerate(configs)), {}, {}
     while pending or running:

@@ -21,8 +21,10 @@ row to ``<out_dir>/metrics.jsonl``. The history travels inside the checkpoints, 
 Rates reported while training (``bpp_estimate``, ``val_bpp_estimate``) are estimates from the
 likelihoods; bits per pixel of real bitstreams come from the encode job and the report.
 
-Paths (data, ``out_dir``) must be readable by every worker: local disks on one machine, or a shared file
-system on a cluster.
+Data, validation images and ``out_dir`` are paths or fsspec URLs (pipeline/storage.py). Every worker reads
+the data itself, so on a cluster use object storage (``s3://...``) or a shared file system. With a URL
+``out_dir`` the checkpoints go there too: Ray Train's ``RunConfig.storage_path`` on the same URL (through
+the same fsspec filesystem), so a rerun on any machine resumes from them; the codec and metrics follow.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -48,8 +49,9 @@ from latentzip.codecs import bitstream
 from latentzip.codecs.checkpoint import export_codec
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
+from latentzip.pipeline import storage
 from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
-from latentzip.pipeline.shards import list_files, shard_paths
+from latentzip.pipeline.shards import shard_paths
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".jxl",
                     ".ppm", ".pgm", ".pnm"}
@@ -125,13 +127,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    codec_dir: Path
+    codec_dir: Path | str
     model_id: str
     steps: int
     start_step: int  # where this call resumed from (0: a fresh run)
     metrics: dict
     wall_s: float
-    metrics_path: Path
+    metrics_path: Path | str
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -146,22 +148,29 @@ class ImageSource:
     location: str
 
 
+def _absolute(where) -> str | Path:
+    where = storage.normalise(where)
+    return where.resolve() if isinstance(where, Path) else where
+
+
 def resolve_data(data) -> ImageSource:
-    """Sniff ``data``: a folder with ``*.parquet`` or Parquet paths -> shards; else a folder of images."""
+    """Sniff ``data`` (paths or URLs): a folder with ``*.parquet`` or Parquet files -> shards; else a folder
+    of images."""
     if isinstance(data, (list, tuple)):
-        paths = [Path(p).resolve() for p in data]
+        paths = [_absolute(p) for p in data]
         location = ", ".join(map(str, paths))
     else:
-        location = Path(data).resolve()
-        if not location.exists():
+        location = _absolute(data)
+        if not storage.exists(location):
             raise FileNotFoundError(f"training data {location} does not exist")
-        if location.is_dir() and not any(location.glob("*.parquet")):
-            files = [p for p in list_files(location) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if storage.is_dir(location) and not storage.glob(location, "*.parquet"):
+            files = [storage.join(location, name) for name in storage.list_files(location)
+                     if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
             if not files:
                 raise FileNotFoundError(f"no images in {location}")
             return ImageSource("files", tuple(map(str, files)), len(files), str(location))
         paths = shard_paths(location)
-    count = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    count = sum(storage.parquet_file(p).metadata.num_rows for p in paths)
     if count == 0:
         raise FileNotFoundError(f"no images in {location}")
     return ImageSource("parquet", tuple(map(str, paths)), count, str(location))
@@ -181,11 +190,12 @@ def _share(count: int, rank: int, world: int) -> list[int]:
 def _encoded_images(source: ImageSource, wanted: set[int]):
     """Yield the encoded bytes (or path) of each wanted image; Parquet rows are streamed, not all held."""
     if source.kind == "files":
-        yield from (source.paths[i] for i in sorted(wanted))
+        yield from (storage.read_bytes(source.paths[i]) if storage.is_url(source.paths[i]) else source.paths[i]
+                    for i in sorted(wanted))
         return
     index = 0
     for path in source.paths:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["image"], batch_size=64):
+        for batch in storage.parquet_file(path).iter_batches(columns=["image"], batch_size=64):
             for data in batch.column("image").to_pylist():
                 if index in wanted:
                     yield data
@@ -368,9 +378,9 @@ def _restore(module, optimizers) -> tuple[dict, list[dict]]:
 
 def _initialise(module, init: dict) -> dict:
     """Start from a trained codec's weights (fresh optimisers), counting its steps as done."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    module.load_state_dict(load_file(init["weights"]))
+    module.load_state_dict(load(storage.read_bytes(init["weights"])))
     return {"step": init["step"], "train_time_s": init["train_time_s"]}
 
 
@@ -378,14 +388,18 @@ def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
     """What ``train(init_from=...)`` passes to the workers: the weights file and the steps already done."""
     from latentzip.codecs.checkpoint import WEIGHTS_FILE, read_card
     from latentzip.codecs.hyperprior import CodecConfig
+    from latentzip.codecs.registry import fetch_codec
 
-    document = read_card(codec_dir)
+    remote = storage.is_url(codec_dir)
+    document = read_card(fetch_codec(str(codec_dir)) if remote else codec_dir)
     stored = CodecConfig.from_dict(document["config"])
     if (stored.arch, stored.N, stored.M) != (config.arch, config.N, config.M):
         raise ValueError(f"{codec_dir} is {stored.arch} N={stored.N} M={stored.M}; this run is "
                          f"{config.arch} N={config.N} M={config.M}")
     card = document.get("card") or {}
-    return {"weights": str(Path(codec_dir).resolve() / WEIGHTS_FILE), "step": int(card.get("steps", 0)),
+    # Workers read the weights themselves (from the URL, or the path, which every node has for a zoo model).
+    weights = storage.join(codec_dir, WEIGHTS_FILE) if remote else Path(codec_dir).resolve() / WEIGHTS_FILE
+    return {"weights": str(weights), "step": int(card.get("steps", 0)),
             "train_time_s": float(card.get("train_time_s", 0.0))}
 
 
@@ -482,10 +496,13 @@ def train_worker(loop_config: dict) -> dict:
 
 # -- the driver -------------------------------------------------------------------------------------
 
-def _trainer(config: TrainConfig, out_dir: Path, loop_config: dict):
+def _trainer(config: TrainConfig, out_dir: str | Path, loop_config: dict):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # A URL: Ray Train writes and restores checkpoints through the same fsspec filesystem as the data.
+    filesystem, storage_path = storage.arrow_filesystem(storage.join(out_dir, "ray")) if storage.is_url(out_dir) \
+        else (None, str(storage.join(out_dir, "ray")))
     resources = {"CPU": loop_config["threads"], **({"GPU": config.gpus_per_worker} if config.use_gpu else {})}
     return TorchTrainer(
         train_worker,
@@ -494,7 +511,7 @@ def _trainer(config: TrainConfig, out_dir: Path, loop_config: dict):
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            storage_path=str(out_dir / "ray"), name=RUN_NAME,
+            storage_path=storage_path, storage_filesystem=filesystem, name=RUN_NAME,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
@@ -505,8 +522,9 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
 
     ``init_from``: a codec directory (e.g. a zoo model) whose weights start a run that has no checkpoint
     yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh."""
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _absolute(out_dir)
+    if isinstance(out_dir, Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
     if config.validate_every and val is None:
         raise ValueError("validate_every needs validation images (val=...)")
     source = resolve_data(data)
@@ -527,13 +545,19 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
 
     model = build_model(config.codec_config)
     model.load_state_dict(weights)
-    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+    storage.write_bytes(storage.join(out_dir, HISTORY), "".join(json.dumps(row) + "\n" for row in history).encode())
     final = history[-1] if history else {}
     start_step = (result.return_value or {}).get("start_step", 0)
     card = {"training": config.to_dict(), "steps": state["step"], "resumed_from_step": start_step,
             "final_metrics": final, "wall_time_s": wall_s, "train_time_s": state["train_time_s"],
             "num_workers": state.get("world_size"), "hardware": state.get("hardware", {}),
             "data": {"source": source.location, "kind": source.kind, "images": source.count}}
-    model_id = export_codec(model, out_dir / "codec", card=card)
-    return TrainResult(out_dir / "codec", model_id.hex(), state["step"], start_step, final, wall_s,
-                       out_dir / "metrics.jsonl")
+    codec_dir = storage.join(out_dir, "codec")
+    if isinstance(codec_dir, Path):
+        model_id = export_codec(model, codec_dir, card=card)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_id = export_codec(model, tmp, card=card)
+            storage.upload_dir(Path(tmp), codec_dir)
+    return TrainResult(codec_dir, model_id.hex(), state["step"], start_step, final, wall_s,
+                       storage.join(out_dir, HISTORY))

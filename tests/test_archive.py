@@ -189,8 +189,12 @@ def test_lookup_uses_the_index_not_every_id(tmp_path, codec, tiny_codec_dir):
     assert archive._ids is None, "a lookup must not read every id"
     assert len(archive) == 3000
     assert writer.completed_units() == {"unit-0", "unit-1000", "unit-2000"}
-    # Few files at this size: sharding keeps one file per zarr shard, not per chunk.
-    assert sum(1 for p in path.rglob("*") if p.is_file()) < 40
+    # Few files: sharding keeps one file per zarr shard, not one per (small) inner chunk.
+    group = zarr.open_group(str(path), mode="r")
+    for name in ("bitstreams", "ids", "items"):
+        array, files = group[name], [p for p in (path / name / "c").rglob("*") if p.is_file()]
+        assert array.chunks[0] < array.shards[0] and len(files) <= -(-array.shape[0] // array.shards[0])
+    assert sum(1 for p in path.rglob("*") if p.is_file()) < 70  # 31 MB of bitstreams: ~32 shards of 1 MiB
 
 
 def test_errors_table(tmp_path, codec, tiny_codec_dir):
@@ -305,3 +309,144 @@ def test_verify_clean_then_problems_per_id(tmp_path, codec, tiny_codec_dir, samp
     assert "img-2.png: not in the index" in printed
     assert "img-0.png" not in printed
     assert verify.main([str(tmp_path / "nothing.zarr")]) == 2
+
+
+#: The layout constants archives were created with before the one-id lookup tuning (64 KiB zstd chunks of
+#: bitstreams in 16 MiB shards, 1024-slot index chunks...): such archives must still read and append.
+OLD_LAYOUT = {
+    "_BYTE_ARRAYS": {"bitstreams": (1 << 16, 1 << 24), "ids": (1 << 14, 1 << 20), "reasons": (1 << 14, 1 << 20)},
+    "_TABLES": {"items": (12, 256, 1024), "segments": (12, 256, 4096)},
+    "_INDEX_CHUNK": 1024,
+    "_INDEX_SHARD": 1 << 16,
+    "_UNCOMPRESSED": set(),
+}
+
+
+def small_items(n: int, start: int = 0) -> list[Item]:
+    return [Item(f"old/{i:05d}.png", f"stream-{i}-".encode() * (1 + i % 5), 32 + i % 7, 48, "s") for i in range(start, start + n)]
+
+
+def zarr_path_only(monkeypatch):
+    """Make lookups go through zarr (as for an archive on object storage) instead of direct shard reads."""
+    from latentzip.pipeline import archive as archive_module
+
+    monkeypatch.setattr(archive_module._ShardReader, "open", staticmethod(lambda folder: None))
+
+
+def test_archive_with_the_old_layout_still_reads_and_appends(tmp_path, codec, tiny_codec_dir, monkeypatch):
+    from latentzip.pipeline import archive as archive_module
+
+    path = tmp_path / "old.zarr"
+    first = small_items(300)
+    with monkeypatch.context() as old:
+        for name, value in OLD_LAYOUT.items():
+            old.setattr(archive_module, name, value)
+        writer = new_writer(path, codec, tiny_codec_dir)
+        writer.append(first[:200], unit="u0")
+        writer.append(first[200:], unit="u1")
+        writer.update_index()
+    group = zarr.open_group(str(path), mode="r")
+    old_index = group.attrs["latentzip"]["index"]["array"]
+    assert group["bitstreams"].chunks == (1 << 16,) and group["bitstreams"].shards == (1 << 24,)
+    assert group[old_index].chunks == (1024, 2) and group["items"].chunks == (256, 12)
+    archive = open_archive(path)
+    assert [archive.item(item.id) for item in first] == first and "old/99999.png" not in archive
+
+    # Appended to with this release's constants: sizes come from the arrays' metadata, so a new segment
+    # still starts on a fresh (16 MiB) shard and the old table's 1024-slot chunks still bound the probing.
+    writer = new_writer(path, codec, tiny_codec_dir)
+    more = small_items(2000, start=300)
+    writer.append(more[:100], unit="u2")
+    writer.update_index()  # in place, into the old table
+    meta = open_archive(path).meta
+    assert meta["index"]["array"] == old_index and meta["index"]["entries"] == 400
+    assert meta["ends"]["bitstreams"] == 3 << 24 and meta["ends"]["items"] == 3 * 1024
+    assert open_archive(path).item(more[50].id) == more[50]
+    writer.append(more[100:], unit="u3")
+    writer.update_index()  # 2300 entries: rebuilt into a larger table with this release's index chunks
+    group = zarr.open_group(str(path), mode="r")
+    new_index = group.attrs["latentzip"]["index"]["array"]
+    assert new_index != old_index and old_index not in group
+    assert group[new_index].chunks == (archive_module._INDEX_CHUNK, 2)
+    assert group["bitstreams"].chunks == (1 << 16,)  # arrays keep their layout
+    everything = first + more
+    archive = open_archive(path)
+    assert archive.ids == [item.id for item in everything]
+    sample = everything[::37] + [everything[-1]]
+    assert [archive.item(item.id) for item in sample] == sample
+    zarr_path_only(monkeypatch)
+    archive = open_archive(path)
+    assert [archive.item(item.id) for item in sample] == sample and "old/99999.png" not in archive
+
+
+def test_new_layout_is_small_chunks_and_raw_bitstreams(tmp_path, codec, tiny_codec_dir):
+    from latentzip.pipeline import archive as archive_module
+
+    path = tmp_path / "a.zarr"
+    writer = new_writer(path, codec, tiny_codec_dir)
+    writer.append(small_items(50))
+    writer.update_index()
+    group = zarr.open_group(str(path), mode="r")
+    for name, (chunk, shard) in archive_module._BYTE_ARRAYS.items():
+        assert (group[name].chunks, group[name].shards) == ((chunk,), (shard,)), name
+    assert group["bitstreams"].chunks == (4096,) and group["bitstreams"].shards[0] // 4096 <= 256
+    codecs = json.loads((path / "bitstreams" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in codecs] == ["bytes", "crc32c"]  # entropy-coded bytes: no zstd
+    index = group[group.attrs["latentzip"]["index"]["array"]]
+    assert index.chunks == (archive_module._INDEX_CHUNK, 2) and group["items"].chunks == (32, 12)
+
+
+def test_direct_shard_reads_match_zarr(tmp_path, codec, tiny_codec_dir):
+    """The direct reader of a local archive returns what zarr returns, for any range of any array."""
+    from latentzip.pipeline.archive import _ShardReader
+
+    path = tmp_path / "a.zarr"
+    writer = new_writer(path, codec, tiny_codec_dir)
+    items = make_items(400)  # ~0.6 MB of bitstreams: several shards, items straddling chunk boundaries
+    for start in range(0, 400, 150):
+        writer.append(items[start : start + 150], [Failure(f"bad-{start}.jpg", "empty file", "s")], unit=f"u{start}")
+    writer.update_index()
+    group = zarr.open_group(str(path), mode="r")
+    rng = np.random.default_rng(0)
+    for name in (*ARRAYS, group.attrs["latentzip"]["index"]["array"]):
+        array, reader = group[name], _ShardReader.open(path / name)
+        assert reader is not None, name
+        n = array.shape[0]
+        for _ in range(40):
+            start = int(rng.integers(0, n))
+            stop = min(n, start + int(rng.choice([1, 3, 700, 5000, 70000])))
+            assert np.array_equal(reader.read(start, stop), array[start:stop]), (name, start, stop)
+    # A layout this reader does not know (e.g. unsharded) is left to zarr.
+    zarr.create_array(str(tmp_path / "plain"), shape=(10,), dtype="uint8", chunks=(5,))
+    assert _ShardReader.open(tmp_path / "plain") is None
+
+
+@pytest.mark.parametrize("route", ["direct", "zarr"])
+def test_lookup_checks_on_both_read_paths(tmp_path, codec, tiny_codec_dir, monkeypatch, route):
+    path = tmp_path / "a.zarr"
+    items = make_items(40)
+    new_writer(path, codec, tiny_codec_dir).append(items)
+    if route == "zarr":
+        zarr_path_only(monkeypatch)
+    archive = open_archive(path)
+    assert [archive.item(item.id) for item in items] == items
+    assert archive.position(items[7].id) == 7 and items[7].id in archive
+    with pytest.raises(ItemNotFoundError, match="no/such.png"):
+        archive.item("no/such.png")
+    # A byte flipped through zarr (chunk crc32c rewritten): the item's own CRC-32C catches it.
+    group = zarr.open_group(str(path), mode="r+")
+    position = archive.byte_range(items[3].id)[0] + 2
+    group["bitstreams"][position] = int(group["bitstreams"][position]) ^ 0x01
+    with pytest.raises(ItemCorruptError, match=items[3].id):
+        open_archive(path).item(items[3].id)
+    # A damaged chunk in the shard file: the chunk's crc32c catches it.
+    [shard] = (path / "bitstreams").rglob("c/*")
+    raw = bytearray(shard.read_bytes())
+    chunk = group["bitstreams"].chunks[0]
+    at = archive.byte_range(items[35].id)[0] + 1
+    assert at >= chunk  # not in the first chunk, which items[0] is in
+    raw[at // chunk * (chunk + 4) + at % chunk] ^= 0x40  # raw chunks (+ their 4-byte crc32c), in order
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ItemCorruptError, match="chunk"):
+        open_archive(path).item(items[35].id)
+    assert open_archive(path).item(items[0].id) == items[0]

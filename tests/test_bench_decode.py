@@ -20,7 +20,10 @@ def test_bench_decode_smoke(ray_local, tiny_codec_dir, tmp_path, capsys):
     read = document["bytes_read"]
     assert 0 < read["bitstreams_bytes"] <= read["store_bytes"] < document["archive_bytes"]
     assert 0 < read["rchar"] < document["archive_bytes"]
-    assert read["chunk_bytes"] == 1 << 16 and read["item_bytes"] > 0
+    assert read["chunk_bytes"] == 1 << 12 and read["item_bytes"] > 0
+    # One id reads its own chunks (at most two partly used), its shard's chunk index and zarr.json; no more.
+    shard_index = 16 * (read["shard_bytes"] // read["chunk_bytes"]) + 4
+    assert read["bitstreams_bytes"] <= read["item_bytes"] + 2 * (read["chunk_bytes"] + 4) + shard_index + 2048
     assert any(key.startswith("bitstreams/") for key in read["per_file"])
     assert document["batch"]["images"] == 10 and document["batch"]["failures"] == 0
     assert document["batch"]["images_per_s"] > 0
