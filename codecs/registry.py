@@ -74,6 +74,14 @@ def is_classical(name: str) -> bool:
     return name in FORMATS
 
 
+def load_learned_codec(name_or_path: str | Path, purpose: str, **options) -> LearnedCodec:
+    """``load_codec`` for the jobs that need a learned codec: a classical name is refused with a ValueError
+    saying which job (``purpose``, e.g. ``"encode"``) needed one."""
+    if is_classical(str(name_or_path)):
+        raise ValueError(f"{purpose} needs a learned codec, got classical codec {str(name_or_path)!r}")
+    return load_codec(name_or_path, **options)
+
+
 def load_codec(name_or_path: str | Path, **options):
     """Return a codec with ``encode(PIL.Image) -> bytes`` and ``decode(bytes) -> PIL.Image``.
 

@@ -34,12 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.generative import image_grid, interpolate
     from latentzip.codecs.images import UnsupportedImageError, load_image
-    from latentzip.codecs.registry import UnknownCodecError, is_classical, load_codec
+    from latentzip.codecs.registry import UnknownCodecError, load_learned_codec
 
     try:
-        if is_classical(args.model):
-            raise ValueError(f"interpolation needs a learned codec, got classical codec {args.model!r}")
-        codec = load_codec(args.model, device=args.device)
+        codec = load_learned_codec(args.model, "interpolation", device=args.device)
         image_a, image_b = load_image(str(args.a)), load_image(str(args.b))
         size = (args.size[1], args.size[0]) if args.size else None
         frames = interpolate(codec, image_a, image_b, steps=args.frames, size=size)

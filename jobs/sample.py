@@ -47,12 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.generative import image_grid, sample_prior
-    from latentzip.codecs.registry import UnknownCodecError, is_classical, load_codec
+    from latentzip.codecs.registry import UnknownCodecError, load_learned_codec
 
     try:
-        if is_classical(args.model):
-            raise ValueError(f"sampling needs a learned codec, got classical codec {args.model!r}")
-        codec = load_codec(args.model, device=args.device)
+        codec = load_learned_codec(args.model, "sampling", device=args.device)
         if args.count < 1:
             raise ValueError(f"-n must be at least 1, got {args.count}")
         height, width = args.size

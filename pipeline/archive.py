@@ -38,6 +38,7 @@ from zarr.core.sync import sync
 import latentzip
 from latentzip.codecs.hyperprior import CodecConfig
 from latentzip.codecs.registry import load_codec
+from latentzip.pipeline import storage
 
 FORMAT = "latentzip-archive"
 FORMAT_VERSION = 2
@@ -436,10 +437,7 @@ def open_archive(path: str | Path) -> Archive:
 
 def location(path: str | Path) -> str | Path:
     """A local archive as a Path (``file://`` URLs included); any other URL (``s3://...``) as its string."""
-    text = str(path)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
-    return text.rstrip("/") if "://" in text else Path(path)
+    return storage.normalise(path)
 
 
 def _local_group_attributes(path: Path) -> dict | None:
@@ -563,13 +561,7 @@ _ZSTD = numcodecs.Zstd()
 
 
 def _has_file(where: str | Path, name: str) -> bool:
-    if isinstance(where, Path):
-        return (where / name).is_file()
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(where)
-    fs.invalidate_cache()  # listings cached before a writer created the archive would hide it
-    return fs.isfile(f"{root}/{name}")
+    return storage.is_file(storage.join(where, name))
 
 
 def _probe_start(key: int, capacity: int, size: int) -> int:

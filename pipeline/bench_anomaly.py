@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from latentzip.codecs.generative import analyse
 from latentzip.codecs.images import UnsupportedImageError, load_image
-from latentzip.codecs.registry import load_codec
+from latentzip.codecs.registry import load_learned_codec
 from latentzip.pipeline.shards import list_files
 
 KINDS = ("noise", "jpeg", "text", "saturated", "cartoon")
@@ -160,9 +160,7 @@ def png_bpp(image: Image.Image) -> float:
 
 def anomaly_benchmark(model_ref: str, normal_dir: str | Path = DEFAULT_NORMAL, max_side: int = 384,
                       recall: float = 0.9, seed: int = 0, progress=print) -> AnomalyBenchmark:
-    codec = load_codec(model_ref)
-    if getattr(codec, "kind", None) != "learned":
-        raise ValueError(f"bench anomaly needs a learned codec, got classical codec {model_ref!r}")
+    codec = load_learned_codec(model_ref, "bench anomaly")
     task = build_task(normal_dir, max_side, seed)
     images = []
     for done, (name, kind, image) in enumerate(task, 1):

@@ -31,7 +31,7 @@ import numpy as np
 import ray
 import torch
 from latentzip.codecs.images import UnsupportedImageError, load_image
-from latentzip.codecs.registry import load_codec
+from latentzip.codecs.registry import load_codec, load_learned_codec
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
@@ -294,9 +294,7 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     all_units, kind = list_units(inputs, files_per_unit)
-    codec = load_codec(model_ref)
-    if codec.kind != "learned":
-        raise ValueError(f"encode needs a learned codec, got classical codec {model_ref!r}")
+    codec = load_learned_codec(model_ref, "encode")
     writer = ArchiveWriter.open_or_create(archive, codec.card, model_ref)
     job_id = uuid.uuid4().hex[:12]
     source = ({"shards": [u.name for u in all_units]} if kind == "shards" else

@@ -42,7 +42,7 @@ import torch
 
 from latentzip.codecs.generative import analyse
 from latentzip.codecs.images import UnsupportedImageError, load_image
-from latentzip.codecs.registry import load_codec
+from latentzip.codecs.registry import load_codec, load_learned_codec
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
 from latentzip.pipeline import storage
 from latentzip.pipeline.shards import read_originals, shard_paths
@@ -66,9 +66,7 @@ class ScoreStage:
     def __init__(self, model_ref: str, groups: int = 4, device: str = "cpu", threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.codec = load_codec(model_ref, device=device)
-        if getattr(self.codec, "kind", None) != "learned":
-            raise ValueError(f"scoring needs a learned codec, got classical codec {model_ref!r}")
+        self.codec = load_learned_codec(model_ref, "scoring", device=device)
         self.groups = groups
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -262,9 +260,7 @@ def score(location: str | Path, model_ref: str, out_dir: str | Path, reference: 
           progress=print) -> ScoreSummary:
     """Score ``location`` with ``model_ref`` and write rows, calibration and heat maps to ``out_dir``."""
     started = time.perf_counter()
-    codec = load_codec(model_ref)
-    if getattr(codec, "kind", None) != "learned":
-        raise ValueError(f"scoring needs a learned codec, got classical codec {model_ref!r}")
+    codec = load_learned_codec(model_ref, "scoring")
     model_id = codec.model_id.hex()
     if calibration is not None:
         _check_model(calibration, model_id)

@@ -42,6 +42,12 @@ def normalise(where: Location) -> str | Path:
     return str(where).rstrip("/") if is_url(where) else local(where)
 
 
+def absolute(where: Location) -> str | Path:
+    """:func:`normalise`, with a local path made absolute (what workers elsewhere in the process tree need)."""
+    where = normalise(where)
+    return where.resolve() if isinstance(where, Path) else where
+
+
 def join(where: Location, *parts: str) -> str | Path:
     """``where / parts``, for paths and URLs alike."""
     where = normalise(where)

@@ -51,8 +51,7 @@ def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[fl
     progress(f"sweep: {len(configs)} rate points, {concurrent} at a time, {config.num_workers} worker(s) each "
              f"with {configs[0].cpus_per_worker} CPU(s)"
              + (f" and {configs[0].gpus_per_worker:g} GPU" if config.use_gpu else ""))
-    out_dir = storage.normalise(out_dir)
-    out_dir = out_dir.resolve() if isinstance(out_dir, Path) else out_dir
+    out_dir = storage.absolute(out_dir)
     run = ray.remote(num_cpus=0)(_trial)
     pending, running, results = list(enumerate(configs)), {}, {}
     while pending or running:

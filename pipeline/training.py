@@ -148,19 +148,14 @@ class ImageSource:
     location: str
 
 
-def _absolute(where) -> str | Path:
-    where = storage.normalise(where)
-    return where.resolve() if isinstance(where, Path) else where
-
-
 def resolve_data(data) -> ImageSource:
     """Sniff ``data`` (paths or URLs): a folder with ``*.parquet`` or Parquet files -> shards; else a folder
     of images."""
     if isinstance(data, (list, tuple)):
-        paths = [_absolute(p) for p in data]
+        paths = [storage.absolute(p) for p in data]
         location = ", ".join(map(str, paths))
     else:
-        location = _absolute(data)
+        location = storage.absolute(data)
         if not storage.exists(location):
             raise FileNotFoundError(f"training data {location} does not exist")
         if storage.is_dir(location) and not storage.glob(location, "*.parquet"):
@@ -522,7 +517,7 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
 
     ``init_from``: a codec directory (e.g. a zoo model) whose weights start a run that has no checkpoint
     yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh."""
-    out_dir = _absolute(out_dir)
+    out_dir = storage.absolute(out_dir)
     if isinstance(out_dir, Path):
         out_dir.mkdir(parents=True, exist_ok=True)
     if config.validate_every and val is None:
