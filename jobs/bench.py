@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--M", type=int, default=96)
     tr.add_argument("--batch-size", type=int, default=4)
     tr.add_argument("--patch-size", type=int, default=128)
-    tr.add_argument("--steps", type=int, default=100, help="timed steps per run (default 100)")
+    tr.add_argument("--steps", type=int, default=500, help="timed steps per run (default 500)")
+    tr.add_argument("--checkpoint-every", type=int, default=500,
+                    help="Ray Train checkpoints (each with a ray.train.report) every this many steps, as a real "
+                         "run would (default 500, the zoo's)")
     tr.add_argument("--threads", type=int, default=1, help="torch threads per process / CPUs per worker (default 1)")
     tr.add_argument("--workers", type=int, default=2, help="also time a DDP run with this many workers (default 2)")
     tr.add_argument("--repeats", type=int, default=3, help="alternated runs of each loop; the fastest counts (default 3)")
@@ -111,7 +114,7 @@ def _train(args) -> int:
     from latentzip.pipeline.training import TrainConfig
 
     config = TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
-                         patch_size=args.patch_size, num_workers=1)
+                         patch_size=args.patch_size, num_workers=1, checkpoint_every=args.checkpoint_every)
     ensure_ray()
     result = bench_train(args.data, config, steps=args.steps, threads=args.threads, workers=args.workers,
                          repeats=args.repeats)

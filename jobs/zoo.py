@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True, help="zoo name, e.g. mean-scale-q3")
     add.add_argument("--val", required=True, type=Path, help="folder of validation images")
     add.add_argument("--zoo-dir", type=Path, help="zoo folder (default: the package's codecs/zoo)")
+    add.add_argument("--history", help="how it was trained, for the card, where its runs were not recorded "
+                                       "(codecs trained before training kept a record of its runs)")
     return parser
 
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         images = load_images(args.val)
-        target = zoo.add(args.codec, args.name, images, str(args.val), args.zoo_dir or ZOO_DIR)
+        target = zoo.add(args.codec, args.name, images, str(args.val), args.zoo_dir or ZOO_DIR, args.history)
     except (ValueError, FileNotFoundError) as exc:
         print(f"latentzip zoo: error: {exc}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from latentzip.codecs.registry import load_codec, load_learned_codec
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
-from latentzip.pipeline.shards import shard_paths
+from latentzip.pipeline.shards import is_shards, shard_paths
 from PIL import Image
 
 PRECISIONS = ("fp32", "bf16")
@@ -65,9 +65,10 @@ def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tu
     location = storage.normalise(location)
     if not storage.exists(location):
         raise FileNotFoundError(f"input {location} does not exist")
-    if storage.is_file(location) or storage.exists(storage.join(location, "ingest.json")) or any(
-            not str(p).endswith("/errors.parquet") for p in storage.glob(location, "*.parquet")):
+    if is_shards(location):
         return [Unit(str(p), storage.parquet_file(p).metadata.num_rows) for p in shard_paths(location)], "shards"
+    if storage.is_file(location):
+        raise ValueError(f"input {location} is a file: give a folder of images, ingest output or a Parquet shard")
     if files_per_unit < 1:
         raise ValueError("files_per_unit must be at least 1")
     ids = storage.list_files(location)

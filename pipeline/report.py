@@ -62,7 +62,7 @@ from latentzip.pipeline.report_outputs import (fmt, load_reference, plot_rd, ref
                                                write_markdown, write_table)
 from latentzip.pipeline.report_sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
 from latentzip.pipeline import storage
-from latentzip.pipeline.shards import shard_paths
+from latentzip.pipeline.shards import is_shards, shard_paths
 
 ALL_CLASSICAL = tuple(FORMATS)
 
@@ -120,27 +120,23 @@ class ReportResult:
 
 # ---------------------------------------------------------------------------------------------- inputs
 
-def _is_shards(location: str | Path) -> bool:
-    if storage.is_file(location):
-        return True
-    return any(not str(p).endswith("errors.parquet") for p in storage.glob(location, "*.parquet"))
-
-
 def original_ids(location: str | Path) -> list[str]:
     """The ids of the originals (a path or a URL): shard ``id`` column, or paths relative to a plain folder
     of images."""
     location = storage.normalise(location)
     if not storage.exists(location):
         raise FileNotFoundError(f"originals {location} do not exist")
-    if _is_shards(location):
+    if is_shards(location):
         return [i for p in shard_paths(location) for i in storage.read_table(p, columns=["id"]).column("id").to_pylist()]
+    if storage.is_file(location):
+        raise ValueError(f"originals {location} is a file: give the folder of images or the ingest output")
     return storage.list_files(location)
 
 
 def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
     """(id, original bytes) for ``wanted`` ids, one shard (or file) in memory at a time."""
     location = storage.normalise(location)
-    if _is_shards(location):
+    if is_shards(location):
         for path in shard_paths(location):
             table = storage.read_table(path, columns=["id", "image"])
             for item_id, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist()):

@@ -45,7 +45,7 @@ from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_codec, load_learned_codec
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
 from latentzip.pipeline import storage
-from latentzip.pipeline.shards import read_originals, shard_paths
+from latentzip.pipeline.shards import is_shards, read_originals, shard_paths
 
 METHODS = ("percentile", "robust-z")
 #: MAD of a normal distribution times this is its standard deviation.
@@ -173,12 +173,10 @@ def input_rows(location: str | Path) -> tuple[str, list]:
     location = storage.normalise(location)
     if not storage.exists(location):
         raise FileNotFoundError(f"input {location} does not exist")
-    if storage.is_file(location):
-        if str(location).endswith(".parquet"):
-            return "shards", [location]
-        return "folder", [{"id": str(location).rsplit("/", 1)[-1], "source": str(location)}]
-    if storage.glob(location, "*.parquet"):
+    if is_shards(location):
         return "shards", shard_paths(location)
+    if storage.is_file(location):
+        return "folder", [{"id": str(location).rsplit("/", 1)[-1], "source": str(location)}]
     files = storage.list_files(location)
     if not files:
         raise FileNotFoundError(f"no files in {location}")

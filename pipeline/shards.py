@@ -32,6 +32,7 @@ SHARD_SCHEMA = pa.schema([
     ("source", pa.string()),
 ])
 ERRORS_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string())])
+ERRORS_FILE, SUMMARY_FILE = "errors.parquet", "ingest.json"
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,22 @@ def ingest(folder: str | Path, out_dir: str | Path, images_per_shard: int = 256,
     for stale in storage.glob(out_dir, "shard-*.parquet"):
         if str(stale) not in map(str, shards):
             storage.remove(stale)
-    storage.write_table(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), storage.join(out_dir, "errors.parquet"))
+    storage.write_table(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), storage.join(out_dir, ERRORS_FILE))
     manifest = {"folder": str(folder), "images": images, "errors": len(errors),
                 "shards": [str(p).rsplit("/", 1)[-1] for p in shards], "images_per_shard": images_per_shard}
-    storage.write_bytes(storage.join(out_dir, "ingest.json"), (json.dumps(manifest, indent=2) + "\n").encode())
+    storage.write_bytes(storage.join(out_dir, SUMMARY_FILE), (json.dumps(manifest, indent=2) + "\n").encode())
     return IngestResult(out_dir, shards, images, len(errors))
+
+
+def is_shards(location: str | Path) -> bool:
+    """Whether ``location`` (a path or URL) is ingest output rather than images: a Parquet file, or a folder
+    holding ``ingest.json`` or Parquet files other than ``errors.parquet`` (a folder whose every file failed
+    ingest still says so by its ``ingest.json``). Every job that takes either asks this."""
+    location = storage.normalise(location)
+    if storage.is_file(location):
+        return str(location).endswith(".parquet")
+    return storage.exists(storage.join(location, SUMMARY_FILE)) or any(
+        str(p).rsplit("/", 1)[-1] != ERRORS_FILE for p in storage.glob(location, "*.parquet"))
 
 
 def shard_paths(location: str | Path) -> list:
@@ -116,7 +128,7 @@ def shard_paths(location: str | Path) -> list:
     if storage.is_file(location):
         return [location]
     shards = storage.glob(location, "shard-*.parquet") or storage.glob(location, "*.parquet")
-    shards = [p for p in shards if str(p).rsplit("/", 1)[-1] != "errors.parquet"]
+    shards = [p for p in shards if str(p).rsplit("/", 1)[-1] != ERRORS_FILE]
     if not shards:
         raise FileNotFoundError(f"no Parquet shards in {location} (run `latentzip ingest` first)")
     return shards

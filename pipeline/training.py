@@ -51,7 +51,7 @@ from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_mode
 from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
 from latentzip.pipeline import storage
 from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
-from latentzip.pipeline.shards import shard_paths
+from latentzip.pipeline.shards import is_shards, shard_paths
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".jxl",
                     ".ppm", ".pgm", ".pnm"}
@@ -158,9 +158,10 @@ def resolve_data(data) -> ImageSource:
         location = storage.absolute(data)
         if not storage.exists(location):
             raise FileNotFoundError(f"training data {location} does not exist")
-        if storage.is_dir(location) and not storage.glob(location, "*.parquet"):
-            files = [storage.join(location, name) for name in storage.list_files(location)
-                     if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        if not is_shards(location):
+            files = [location] if storage.is_file(location) else [
+                storage.join(location, name) for name in storage.list_files(location)
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
             if not files:
                 raise FileNotFoundError(f"no images in {location}")
             return ImageSource("files", tuple(map(str, files)), len(files), str(location))
@@ -372,11 +373,27 @@ def _restore(module, optimizers) -> tuple[dict, list[dict]]:
 
 
 def _initialise(module, init: dict) -> dict:
-    """Start from a trained codec's weights (fresh optimisers), counting its steps as done."""
+    """Start from a trained codec's weights (fresh optimisers), counting its steps (and runs) as done."""
     from safetensors.torch import load
 
     module.load_state_dict(load(storage.read_bytes(init["weights"])))
-    return {"step": init["step"], "train_time_s": init["train_time_s"]}
+    return {"step": init["step"], "train_time_s": init["train_time_s"], "runs": init.get("runs", [])}
+
+
+#: The settings of a run kept in its record (``_runs``): what a model card needs to say how it was trained.
+RUN_SETTINGS = ("lmbda", "lr", "aux_lr", "lr_decay", "batch_size", "patch_size", "min_scale", "clip_max_norm")
+
+
+def _runs(state: dict, config: TrainConfig, start: int, world: int, device) -> list[dict]:
+    """The runs that led to this checkpoint, this one last. The learning-rate schedule is a function of
+    the run's total ``steps``, so a resume with a larger ``steps`` is a new run (its own schedule), while
+    rerunning the same command or a worker-group restart continues the last one."""
+    runs = [dict(run) for run in state.get("runs", [])]
+    if not runs or runs[-1]["to_step"] != config.steps:
+        runs.append({"from_step": start, "to_step": config.steps, "last_step": start, "train_time_s": 0.0,
+                     **{name: getattr(config, name) for name in RUN_SETTINGS},
+                     "lr_decay_at": list(config.lr_decay_at), "num_workers": world, "device": str(device)})
+    return runs
 
 
 def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
@@ -395,7 +412,7 @@ def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
     # Workers read the weights themselves (from the URL, or the path, which every node has for a zoo model).
     weights = storage.join(codec_dir, WEIGHTS_FILE) if remote else Path(codec_dir).resolve() / WEIGHTS_FILE
     return {"weights": str(weights), "step": int(card.get("steps", 0)),
-            "train_time_s": float(card.get("train_time_s", 0.0))}
+            "train_time_s": float(card.get("train_time_s", 0.0)), "runs": card.get("runs", [])}
 
 
 def _init(init_from, config: TrainConfig) -> dict | None:
@@ -458,6 +475,7 @@ def train_worker(loop_config: dict) -> dict:
     start = state["step"]
     if start >= config.steps:
         return {"start_step": start}
+    runs = _runs(state, config, start, world, device)
 
     images = load_images(ImageSource(**loop_config["data"]), rank, world, config.max_side)
     val_images = load_images(ImageSource(**loop_config["val"]), max_side=config.max_side) \
@@ -475,21 +493,35 @@ def train_worker(loop_config: dict) -> dict:
         save = step % config.checkpoint_every == 0 or step == config.steps
         if not (save or validate or step % config.log_every == 0):
             continue
-        elapsed = time.perf_counter() - tick
+        # The interval since the last row includes that row's report and checkpoint: steps/s and the ETA
+        # are what the run really achieves. Validation is left out (its time is in the row, as val_s).
+        now = time.perf_counter()
+        elapsed, tick = now - tick, now
         row = {"step": step, **_summarise(sums, count, world), "steps_per_s": count / elapsed}
         if validate and rank == 0:
             row.update(evaluate(module, val_images, config.lmbda))
+            row["val_s"] = time.perf_counter() - now
+            tick += row["val_s"]
         train_time += elapsed
+        runs[-1]["last_step"], runs[-1]["train_time_s"] = step, runs[-1]["train_time_s"] + elapsed
         history.append(row)
         if rank == 0:
             _say(_progress_line(row, config.steps, config.lmbda))
-        state = {"step": step, "train_time_s": train_time, "world_size": world, "hardware": hardware}
-        _report(row, rank, (module, optimizers, state, history) if save else None)
-        sums, count, tick = torch.zeros(4, device=device), 0, time.perf_counter()
+        if save or validate:
+            # ray.train.report is a barrier across workers that returns at the controller's next poll
+            # (see _trainer): once per checkpoint or validation, not per logged row. The rows in between
+            # travel in the checkpoint's metrics history.
+            state = {"step": step, "train_time_s": train_time, "world_size": world, "hardware": hardware,
+                     "runs": runs}
+            _report(row, rank, (module, optimizers, state, history) if save else None)
+        sums, count = torch.zeros(4, device=device), 0
     return {"start_step": start}  # rank 0's return value reaches the driver as Result.return_value
 
 
 # -- the driver -------------------------------------------------------------------------------------
+
+HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+
 
 def _trainer(config: TrainConfig, out_dir: str | Path, loop_config: dict):
     import ray.train
@@ -499,6 +531,10 @@ def _trainer(config: TrainConfig, out_dir: str | Path, loop_config: dict):
     filesystem, storage_path = storage.arrow_filesystem(storage.join(out_dir, "ray")) if storage.is_url(out_dir) \
         else (None, str(storage.join(out_dir, "ray")))
     resources = {"CPU": loop_config["threads"], **({"GPU": config.gpus_per_worker} if config.use_gpu else {})}
+    # Ray Train V2's ray.train.report returns at the controller's next poll of the workers, every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): each checkpoint stalled training for up to 2 s. The
+    # driver's value reaches the controller (Ray propagates it); one the user set wins.
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
     return TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
@@ -546,6 +582,7 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
     card = {"training": config.to_dict(), "steps": state["step"], "resumed_from_step": start_step,
             "final_metrics": final, "wall_time_s": wall_s, "train_time_s": state["train_time_s"],
             "num_workers": state.get("world_size"), "hardware": state.get("hardware", {}),
+            "runs": state.get("runs", []),
             "data": {"source": source.location, "kind": source.kind, "images": source.count}}
     codec_dir = storage.join(out_dir, "codec")
     if isinstance(codec_dir, Path):

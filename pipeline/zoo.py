@@ -39,8 +39,9 @@ def validate(codec: LearnedCodec, images: list[tuple[str, object]]) -> dict:
 
 
 def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], val_source: str,
-        zoo_dir: str | Path = ZOO_DIR) -> Path:
-    """Copy a trained codec into the zoo as ``name`` with its validation RD in the card."""
+        zoo_dir: str | Path = ZOO_DIR, history: str | None = None) -> Path:
+    """Copy a trained codec into the zoo as ``name`` with its validation RD in the card. ``history``: how it
+    was trained, in words, for a codec whose card has no record of its runs (``card["runs"]``)."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad zoo name {name!r}")
     codec_dir = Path(codec_dir)
@@ -48,6 +49,8 @@ def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], 
     document = read_card(codec_dir)
     result = validate(codec, val_images)
     card = dict(document.get("card") or {})
+    if history:
+        card["history"] = history
     card["validation"] = {"source": val_source, "entropy_params": codec.config.entropy_params,
                           **{k: v for k, v in result.items() if k != "per_image"},
                           "per_image": result["per_image"]}
@@ -101,6 +104,13 @@ def model_card(name: str, document: dict) -> str:
                                  ("lmbda", "lr", "aux_lr", "batch_size", "patch_size", "min_scale", "clip_max_norm",
                                   "lr_decay_at", "lr_decay") if key in training) + " |",
     ]
+    runs = card.get("runs") or []
+    if runs or card.get("history"):
+        # Runs recorded after earlier, unrecorded ones (a codec resumed from one trained before runs were
+        # kept): the history text, or a plain "not recorded", stands for the steps before them.
+        before = card.get("history") or f"steps 0→{runs[0]['from_step']}: not recorded"
+        parts = ([before] if not runs or runs[0]["from_step"] > 0 else []) + [_run_text(run) for run in runs]
+        lines.append("| runs | " + "; ".join(parts) + " |")
     if validation:
         lines.append(f"| validation | {validation['images']} images of `{Path(validation['source']).name}`: "
                      f"{validation['bpp']:.4f} bpp, {validation['psnr_db']:.3f} dB PSNR, "
@@ -111,3 +121,12 @@ def model_card(name: str, document: dict) -> str:
             lines.append(f"| {row['id']} | {row['bpp']:.4f} | {row['psnr_db']:.3f} | "
                          f"{'–' if isinstance(ssim, float) and math.isnan(ssim) else f'{ssim:.4f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def _run_text(run: dict) -> str:
+    """One training run of a card's ``runs``: its steps, learning-rate schedule, batch and machine."""
+    decay = "/".join(f"{f:.0%}" for f in run.get("lr_decay_at", ()))
+    minutes = run.get("train_time_s", 0) / 60
+    return (f"steps {run['from_step']}→{run.get('last_step', run['to_step'])}: lr {run['lr']:g} "
+            f"(×{run['lr_decay']:g} at {decay} of {run['to_step']}), batch {run['batch_size']}×"
+            f"{run['patch_size']} px, {run['num_workers']} worker(s) on {run['device']}, {minutes:.1f} min")

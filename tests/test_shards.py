@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from latentzip.pipeline.shards import SHARD_SCHEMA, ingest, read_originals, shard_paths
+from latentzip.pipeline.shards import SHARD_SCHEMA, ingest, is_shards, read_originals, shard_paths
 
 
 def read_rows(shards) -> list[dict]:
@@ -47,6 +47,24 @@ def test_ingest_lists_bad_files_in_errors_parquet(tmp_path, image_folder_factory
     assert manifest["shards"] == [p.name for p in result.shards]
     # Bad files are never in a shard, and the shard listing skips errors.parquet.
     assert not {row["id"] for row in read_rows(shard_paths(tmp_path / "out"))} & set(folder.bad)
+
+
+def test_ingest_output_is_told_from_image_folders(tmp_path, image_folder_factory):
+    from latentzip.pipeline.encoding import list_units
+
+    folder = image_folder_factory(tmp_path / "in")
+    result = ingest(folder.path, tmp_path / "out", progress=None)
+    assert is_shards(tmp_path / "out") and is_shards(result.shards[0])
+    assert not is_shards(folder.path) and not is_shards(folder.path / next(iter(folder.good)))
+    # errors.parquet alone is not a shard; ingest.json still marks ingest output.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "errors.parquet").write_bytes((tmp_path / "out" / "errors.parquet").read_bytes())
+    assert not is_shards(lone)
+    (lone / "ingest.json").write_text("{}")
+    assert is_shards(lone)
+    with pytest.raises(ValueError, match="is a file"):
+        list_units(folder.path / next(iter(folder.good)))
 
 
 def test_images_per_shard_splits_shards(tmp_path, image_folder_factory):

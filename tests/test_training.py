@@ -66,6 +66,10 @@ def test_rerun_with_more_steps_resumes_from_the_checkpoint(first_run, samples_di
     assert rows[: len(first_rows)] == first_rows
     assert [row["step"] for row in rows[len(first_rows):]] == [45, 50, 55, 60]
     assert result.model_id != first.model_id
+    # A larger --steps is a new run with its own learning-rate schedule: the card keeps both.
+    runs = json.loads((result.codec_dir / "codec.json").read_text())["card"]["runs"]
+    assert [(r["from_step"], r["last_step"], r["to_step"], r["lr"]) for r in runs] == [(0, 40, 40, 1e-3), (40, 60, 60, 1e-3)]
+    assert all(r["train_time_s"] > 0 and r["device"] == "cpu" and r["num_workers"] == 2 for r in runs)
 
 
 def test_config_rejects_unknown_keys_and_bad_patch():

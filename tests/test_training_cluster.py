@@ -117,15 +117,20 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, samples_dir
     assert result.start_step % 20 == 0
     steps = [json.loads(line)["step"] for line in Path(result.metrics_path).read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 200  # history continues, nothing replayed twice
+    # A worker-group restart continues the run's record: one run, 0 -> 200.
+    runs = json.loads((result.codec_dir / "codec.json").read_text())["card"]["runs"]
+    assert [(r["from_step"], r["last_step"], r["to_step"]) for r in runs] == [(0, 200, 200)]
 
 
 @pytest.mark.slow
 def test_bench_train_times_the_same_step_in_both_loops(ray_local, samples_dir):
     from latentzip.pipeline.bench_train import bench_train, markdown
 
-    config = TrainConfig(num_workers=1, **{**TINY, "batch_size": 2})
+    config = TrainConfig(num_workers=1, checkpoint_every=20, **{**TINY, "batch_size": 2})
     result = bench_train(samples_dir, config, steps=25, threads=1, workers=1, progress=lambda _: None)
     assert result["plain"]["steps"] == result["ray_1_worker"]["steps"] == 25
+    # A checkpoint every 20 steps: those at 40 and at the end (50) fall in the timed window and count.
+    assert result["ray_1_worker"]["checkpoints"] == 2
     assert result["plain"]["images_per_s"] > 0 and result["ray_1_worker"]["images_per_s"] > 0
     assert result["ray_1_worker"]["wall_s"] > result["ray_1_worker"]["seconds"]
     assert "overhead" in markdown(result)
@@ -142,6 +147,9 @@ def test_training_continues_from_a_trained_codec(ray_local, samples_dir, tmp_pat
     assert result.start_step == 0 and result.steps == 10 and result.model_id != card["model_id"]
     again = train(samples_dir, tmp_path / "b", TrainConfig(**{**vars(config), "steps": 15}), init_from=result.codec_dir)
     assert again.start_step == 10 and again.steps == 15
+    # The runs of the codec it started from come along.
+    runs = read_card(again.codec_dir)["card"]["runs"]
+    assert [(r["from_step"], r["last_step"]) for r in runs] == [(0, 10), (10, 15)]
     with pytest.raises(ValueError, match="already has 15 steps"):
         train(samples_dir, tmp_path / "c", TrainConfig(**{**vars(config), "steps": 15}), init_from=again.codec_dir)
     with pytest.raises(ValueError, match="N=16 M=24"):

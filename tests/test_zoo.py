@@ -21,7 +21,7 @@ def tmp_zoo(tmp_path, monkeypatch):
 
 def test_add_writes_validation_rd_and_keeps_the_model_id(tiny_codec_dir, sample_images, tmp_zoo):
     images = [(f"img{i}.png", image) for i, image in enumerate(sample_images[:3])]
-    target = zoo.add(tiny_codec_dir, "tiny-q1", images, "samples", zoo_dir=tmp_zoo)
+    target = zoo.add(tiny_codec_dir, "tiny-q1", images, "samples", zoo_dir=tmp_zoo, history="two runs of 5 steps")
     document = read_card(target)
     assert document["model_id"] == read_card(tiny_codec_dir)["model_id"]
     validation = document["card"]["validation"]
@@ -30,6 +30,7 @@ def test_add_writes_validation_rd_and_keeps_the_model_id(tiny_codec_dir, sample_
     first = sample_images[0]
     assert validation["per_image"][0]["bpp"] == pytest.approx(len(codec.encode(first)) * 8 / (first.width * first.height))
     assert "| validation | 3 images" in (target / zoo.CARD_FILE).read_text()
+    assert "| runs | two runs of 5 steps |" in (target / zoo.CARD_FILE).read_text()
     assert list(zoo_models()) == ["tiny-q1"]
 
 
@@ -43,6 +44,24 @@ def test_cli_lists_one_model_per_line_name_first(tiny_codec_factory, sample_imag
     assert zoo_cli.main(["show", "a-model"]) == 0
     assert capsys.readouterr().out.startswith("# a-model")
     assert zoo_cli.main(["show", "nope"]) == 2
+
+
+def test_model_card_lists_the_training_runs():
+    def run(first, last, total):
+        return {"from_step": first, "to_step": total, "last_step": last, "train_time_s": 90.0, "lr": 5e-4,
+                "lr_decay_at": [0.8, 0.95], "lr_decay": 0.1, "batch_size": 4, "patch_size": 128,
+                "num_workers": 1, "device": "cpu"}
+
+    document = {"config": {"arch": "mean-scale-hyperprior", "N": 64, "M": 96}, "model_id": "00",
+                "card": {"runs": [run(0, 2500, 2500), run(2500, 3000, 5000)], "history": "two earlier runs"}}
+    text = zoo.model_card("m", document)
+    assert ("| runs | steps 0→2500: lr 0.0005 (×0.1 at 80%/95% of 2500), batch 4×128 px, 1 worker(s) on cpu, "
+            "1.5 min; steps 2500→3000: lr 0.0005 (×0.1 at 80%/95% of 5000)") in text
+    assert "two earlier runs" not in text  # the record covers every step: the text is not needed
+    document["card"]["runs"] = document["card"]["runs"][1:]  # resumed from a codec without a record
+    assert "| runs | two earlier runs; steps 2500→3000" in zoo.model_card("m", document)
+    del document["card"]["history"]
+    assert "| runs | steps 0→2500: not recorded; steps 2500→3000" in zoo.model_card("m", document)
 
 
 def test_add_refuses_bad_names(tiny_codec_dir, sample_images, tmp_zoo):
