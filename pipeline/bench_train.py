@@ -67,7 +67,7 @@ def ray_train(data, config: TrainConfig, steps: int, workers: int, threads: int)
              if before["step"] >= REPORT_EVERY]
     timed = sum(count for _, count in spans)
     seconds = sum(count / row["steps_per_s"] for row, count in spans)
-    checkpoints = sum(1 for row, _ in spans if row["step"] % run.checkpoint_every == 0 or row["step"] == run.steps)
+    checkpoints = sum(1 for row, _ in spans if run.checkpoints_at(row["step"]))
     return {"workers": workers, "threads_per_worker": threads, "steps": timed,
             "seconds": seconds, "wall_s": wall, "checkpoints": checkpoints,
             "images_per_s": timed * config.batch_size * workers / seconds}

@@ -110,6 +110,10 @@ class TrainConfig:
         of the step alone, so a resumed run continues the same schedule."""
         return self.lr_decay ** sum(step > round(f * self.steps) for f in self.lr_decay_at)
 
+    def checkpoints_at(self, step: int) -> bool:
+        """Whether the run saves a checkpoint (and reports it to Ray Train) after ``step``."""
+        return step % self.checkpoint_every == 0 or step == self.steps
+
     @property
     def codec_config(self) -> CodecConfig:
         return CodecConfig(self.arch, self.N, self.M)
@@ -490,7 +494,7 @@ def train_worker(loop_config: dict) -> dict:
         sums += _train_step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world, step)
         count += 1
         validate = config.validate_every and step % config.validate_every == 0
-        save = step % config.checkpoint_every == 0 or step == config.steps
+        save = config.checkpoints_at(step)
         if not (save or validate or step % config.log_every == 0):
             continue
         # The interval since the last row includes that row's report and checkpoint: steps/s and the ETA
