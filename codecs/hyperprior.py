@@ -128,6 +128,9 @@ class ScaleHyperprior(CompressionModel):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
         self._integer_prior = None  # (the tensors it was derived from and their versions, the prior)
+        #: Training only: run the convolutions of g_a and g_s under this autocast dtype (``torch.bfloat16``);
+        #: GDN, the hyper transforms, the likelihoods and the rate stay float32. Coding never uses it.
+        self.transform_dtype: torch.dtype | None = None
 
     # -- the pieces the two architectures differ in ------------------------------------------------
     def _hyper_input(self, y: torch.Tensor) -> torch.Tensor:
@@ -138,12 +141,12 @@ class ScaleHyperprior(CompressionModel):
 
     # -- training ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict:
-        y = self.g_a(x)
+        y = _transform(self.g_a, x, self.transform_dtype)
         z = self.h_a(self._hyper_input(y))
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         scales_hat, means_hat = self._split_params(self.h_s(z_hat))
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
-        x_hat = self.g_s(y_hat)
+        x_hat = _transform(self.g_s, y_hat, self.transform_dtype)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # -- real coding -------------------------------------------------------------------------------
@@ -190,10 +193,19 @@ class ScaleHyperprior(CompressionModel):
         return self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor) -> dict:
-        """Entropy-code a batch. Returns ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``."""
+    def compress(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None) -> dict:
+        """Entropy-code a batch. Returns ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``.
+
+        ``refinement``: a :class:`~latentzip.codecs.refine.Refinement` that improves ``y`` and ``z`` of each
+        image before they are quantised (``sizes``: the images' true sizes inside the padded batch). The
+        coding below is the same either way."""
         y = self.g_a(x).float()
         z = self.h_a(self._hyper_input(y))
+        if refinement is not None and refinement.steps > 0:
+            from latentzip.codecs.refine import refine_latents
+
+            with torch.enable_grad():
+                y, z = refine_latents(self, x, y, z, refinement, sizes)
         z_symbols = self.entropy_bottleneck.quantize(z, "symbols", self._z_medians())
         z_strings = encode_symbols(self.entropy_bottleneck, z_symbols, EntropyBottleneck._build_indexes(z.size()))
         indexes, means_hat = self._entropy_params(z_symbols)
@@ -234,6 +246,19 @@ class ScaleHyperprior(CompressionModel):
         with BACKEND_LOCK, backend:
             x_hat = [self.g_s(y_hat[i : i + 1].float().contiguous()) for i in range(y_hat.shape[0])]
         return torch.cat(x_hat).clamp_(0, 1)
+
+
+def _transform(layers: nn.Sequential, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``layers(x)``; with ``dtype``, each convolution under autocast to it and each GDN in float32."""
+    if dtype is None:
+        return layers(x)
+    for layer in layers:
+        if isinstance(layer, GDN):
+            x = layer(x.float())
+        else:
+            with torch.autocast(x.device.type, dtype=dtype):
+                x = layer(x)
+    return x.float()
 
 
 def _unchanged(tensors: list[torch.Tensor], cached: list[tuple[torch.Tensor, int]]) -> bool:

@@ -49,20 +49,43 @@ class LearnedCodec:
     def config(self):
         return self.model.config
 
-    def encode(self, image: Image.Image) -> bytes:
-        return self.encode_batch([image])[0]
+    @property
+    def lmbda(self) -> float | None:
+        """The rate-distortion trade-off the model was trained for (what refinement optimises), if recorded."""
+        value = ((self.card.get("card") or {}).get("training") or {}).get("lmbda")
+        return float(value) if value is not None else None
+
+    def refinement(self, refine_steps: int, lmbda: float | None = None):
+        """The :class:`~latentzip.codecs.refine.Refinement` that ``refine_steps`` asks for (None for 0)."""
+        if refine_steps is None or refine_steps == 0:
+            return None
+        from latentzip.codecs.refine import Refinement
+
+        lmbda = lmbda if lmbda is not None else self.lmbda
+        if lmbda is None:
+            raise ValueError(f"{self.name} records no training lambda; pass lmbda= to refine its latents")
+        return Refinement(steps=int(refine_steps), lmbda=lmbda)
+
+    def encode(self, image: Image.Image, refine_steps: int = 0) -> bytes:
+        """One image's stream. ``refine_steps`` > 0 refines its latents first (codecs/refine.py): smaller
+        or better streams for the same decoder, at the cost of encode time."""
+        return self.encode_batch([image], refine_steps=refine_steps)[0]
 
     def decode(self, data: bytes) -> Image.Image:
         return self.decode_batch([data])[0]
 
-    def encode_batch(self, images: list[Image.Image]) -> list[bytes]:
-        return [data for data, _ in self._encode(images, reconstruct=False)]
+    def encode_batch(self, images: list[Image.Image], refine_steps: int = 0) -> list[bytes]:
+        return [data for data, _ in self._encode(images, reconstruct=False, refine_steps=refine_steps)]
 
-    def encode_with_reconstruction(self, images: list[Image.Image]) -> list[tuple[bytes, Image.Image]]:
+    def encode_with_reconstruction(self, images: list[Image.Image],
+                                   refine_steps: int = 0) -> list[tuple[bytes, Image.Image]]:
         """Each image's stream and the image that decoding it gives, computed on the encoder's side."""
-        return [(data, to_pil(x_hat)) for data, x_hat in self._encode(images, reconstruct=True)]
+        return [(data, to_pil(x_hat))
+                for data, x_hat in self._encode(images, reconstruct=True, refine_steps=refine_steps)]
 
-    def _encode(self, images: list[Image.Image], reconstruct: bool) -> list[tuple[bytes, torch.Tensor | None]]:
+    def _encode(self, images: list[Image.Image], reconstruct: bool,
+                refine_steps: int = 0) -> list[tuple[bytes, torch.Tensor | None]]:
+        refinement = self.refinement(refine_steps)
         tensors = [to_tensor(to_rgb8(image)) for image in images]
         groups = defaultdict(list)
         for index, x in enumerate(tensors):
@@ -72,7 +95,8 @@ class LearnedCodec:
             for start in range(0, len(indexes), self.max_batch):
                 chunk = indexes[start : start + self.max_batch]
                 batch = torch.cat([pad_to_multiple(tensors[i][None], self.model.stride) for i in chunk])
-                coded = self.model.compress(batch.to(self.device))
+                sizes = [tuple(tensors[i].shape[-2:]) for i in chunk]
+                coded = self.model.compress(batch.to(self.device), refinement, sizes)
                 x_hat = self.model.synthesize(coded["y_hat"]).cpu() if reconstruct else None
                 for j, i in enumerate(chunk):
                     height, width = tensors[i].shape[-2:]

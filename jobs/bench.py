@@ -40,11 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"folder of images, searched recursively (default {DEFAULT_IMAGES})")
     rd.add_argument("--out", required=True, type=Path,
                     help="FILE.json (all figures) or FILE.md (tables); the classical report goes to FILE-report/")
-    rd.add_argument("--against", default="jpeg,webp,avif,jpeg2000",
-                    help="classical codecs for BD-rate, comma-separated, or 'none' (default jpeg,webp,avif,jpeg2000)")
+    rd.add_argument("--against", default="jpeg,webp,avif,avif444,jpegxl",
+                    help="classical codecs for BD-rate, comma-separated, or 'none' (default jpeg,webp,avif,avif444,"
+                         "jpegxl: WebP at method 6, AVIF at Pillow's defaults (speed 6, 4:2:0) and at speed 4 "
+                         "4:4:4, JPEG XL at its default effort)")
     rd.add_argument("--max-side", type=int, help="shrink images so their longer side is at most this")
     rd.add_argument("--max-batch", type=int, default=16, help="images per encoder/decoder call (default 16)")
     rd.add_argument("--repeats", type=int, default=3, help="timed runs per codec and mode; the best counts (default 3)")
+    rd.add_argument("--refine-steps", type=_steps_list, default=[0], metavar="N[,N...]",
+                    help="also measure the models with latent refinement of N steps at encode, one series each, "
+                         "with encode seconds per megapixel (default 0: the plain encoder only)")
 
     tr = benchmarks.add_parser("train", help="Ray Train throughput vs a plain training loop",
                                description="Time the same training step in a plain loop and in Ray Train.")
@@ -147,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _steps_list(text: str) -> list[int]:
+    from latentzip.jobs.report import _steps_list as parse
+
+    return parse(text)
+
+
 def _rd(args) -> int:
     from latentzip.codecs.classical import FORMATS
     from latentzip.codecs.registry import codec_directory, zoo_models
@@ -171,7 +182,7 @@ def _rd(args) -> int:
 
         ensure_ray()
         classical = report([], args.images, args.out.with_name(args.out.stem + "-report"), classical=against,
-                           models=[str(d) for d in directories])
+                           models=[str(d) for d in directories], refine_steps=args.refine_steps)
     result = rd_benchmark(directories, args.images, max_side=args.max_side, max_batch=args.max_batch,
                           repeats=args.repeats)
     path = write_rd(result, args.out, classical)

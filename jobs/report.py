@@ -92,9 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"classical codecs to compare against (default: all of {','.join(FORMATS)})")
     parser.add_argument("--qualities", type=parse_qualities, metavar="'jpeg=20,50,80;webp=30,60'",
                         help="override the quality sweep of some codecs (default: each codec's built-in sweep)")
+    parser.add_argument("--refine-steps", type=_steps_list, default=[0], metavar="N[,N...]",
+                        help="with --model: refine each image's latents for N steps before coding (codecs/refine.py); "
+                             "several values give one series each, e.g. 0,200 (default 0: the plain encoder)")
     parser.add_argument("--no-ray", action="store_true", help="measure in this process instead of Ray tasks")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     return parser
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative step counts, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             ensure_ray(address=args.address)
         result = report(archives, originals, args.out, classical=args.codecs, qualities=args.qualities,
                         use_ray=not args.no_ray, models=models, series=args.series, references=args.references,
-                        extend_sweeps=not args.no_extend, min_points=args.min_points)
+                        extend_sweeps=not args.no_extend, min_points=args.min_points,
+                        refine_steps=args.refine_steps)
     except (ValueError, FileNotFoundError) as exc:  # unknown codecs and bad archives are ValueErrors
         print(f"latentzip-report: error: {exc}", file=sys.stderr)
         return 2

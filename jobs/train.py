@@ -21,6 +21,7 @@ _FIELDS = {
     "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",
     "patch_size": "patch_size", "workers": "num_workers", "gpu": "use_gpu", "checkpoint_every": "checkpoint_every",
     "lr": "lr", "seed": "seed", "validate_every": "validate_every", "max_failures": "max_failures",
+    "precision": "precision", "lr_rsqrt_from": "lr_rsqrt_from", "lr_decay_at": "lr_decay_at",
 }
 
 
@@ -28,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentzip-train", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="folder of images (searched recursively), or a folder of Parquet shards: a "
-                                     "path or an fsspec URL (s3://bucket/photos)")
+    parser.add_argument("data", nargs="+",
+                        help="folder of images (searched recursively), or a folder of Parquet shards: a path or an "
+                             "fsspec URL (s3://bucket/photos); several folders train on all of them")
     parser.add_argument("--out", required=True,
                         help="output folder: checkpoints in OUT/ray, the codec in OUT/codec, OUT/metrics.jsonl; a "
                              "path or a URL (s3://bucket/runs/q3: checkpoints go to object storage too)")
@@ -48,12 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one GPU per worker (default: use GPUs if the Ray cluster has any)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
     parser.add_argument("--lr", type=float, help="Adam learning rate of the network (default 1e-4)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="bf16: the analysis and synthesis convolutions under bf16 autocast, GDN, the hyperprior "
+                             "and the rate in fp32 (default fp32)")
+    parser.add_argument("--lr-decay-at", type=_fractions, metavar="F1,F2",
+                        help="fractions of --steps where the learning rates drop 10x (default 0.8,0.95)")
+    parser.add_argument("--lr-rsqrt-from", type=int, metavar="STEP",
+                        help="past this step the learning rate also falls as sqrt(STEP/step), so resuming a long-"
+                             "trained model does not restart at the top learning rate (default 0: off)")
     parser.add_argument("--seed", type=int, help="seed of the initial weights and the patch sampling (default 0)")
     parser.add_argument("--val", help="validation images (folder or shards), evaluated whole on rank 0")
     parser.add_argument("--validate-every", type=int, help="steps between validations (default 0: never)")
     parser.add_argument("--init-from", metavar="CODEC",
                         help="start from a trained codec's weights (a zoo name, a codec directory or its URL); its "
-                             "steps count towards --steps")
+                             "steps count towards --steps. With --sweep: one per lambda, comma-separated")
     parser.add_argument("--max-failures", type=int,
                         help="worker-group restarts from the last checkpoint after a failure (default 0)")
     parser.add_argument("--sweep", metavar="L1,L2,...",
@@ -61,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, help="with --sweep: at most this many trials at a time")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     return parser
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in text.split(",") if value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
 
 
 def resolve_config(args: argparse.Namespace, gpus_available: bool):
@@ -110,7 +127,14 @@ def _sweep(args: argparse.Namespace, config) -> int:
         lambdas = [float(value) for value in args.sweep.split(",") if value.strip()]
     except ValueError:
         raise ValueError(f"--sweep expects comma-separated numbers, got {args.sweep!r}") from None
-    results = train_sweep(args.data, args.out, config, lambdas, val=args.val, max_concurrent=args.max_concurrent)
+    init_from = None
+    if args.init_from:
+        names = [name.strip() for name in args.init_from.split(",")]
+        if len(names) != len(lambdas):
+            raise ValueError(f"--init-from names {len(names)} codecs for {len(lambdas)} lambdas in --sweep")
+        init_from = [_codec_dir(name) for name in names]
+    results = train_sweep(args.data, args.out, config, lambdas, val=args.val, max_concurrent=args.max_concurrent,
+                          init_from=init_from)
     print("lambda  steps  bpp~    PSNR dB  codec")
     for lmbda, result in zip(lambdas, results):
         metrics = result.metrics

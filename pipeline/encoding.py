@@ -109,7 +109,8 @@ class EncodeStage:
     """
 
     def __init__(self, model_ref: str, device: str = "cpu", max_batch: int = 16, threads: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", refine_steps: int = 0):
+        self.refine_steps = refine_steps
         if threads:
             torch.set_num_threads(threads)
         self.codec = load_codec(model_ref, device=device, max_batch=max_batch)
@@ -158,12 +159,12 @@ class EncodeStage:
 
     def _encode(self, images, positions, errors):
         try:
-            return self.codec.encode_batch(images)  # groups by padded size: dense batches
+            return self.codec.encode_batch(images, refine_steps=self.refine_steps)  # dense batches by padded size
         except Exception:  # noqa: BLE001 - retry one by one so one bad image cannot sink its batch
             out = []
             for image, position in zip(images, positions):
                 try:
-                    out.append(self.codec.encode(image))
+                    out.append(self.codec.encode(image, refine_steps=self.refine_steps))
                 except Exception as exc:  # noqa: BLE001
                     errors[position] = f"encode failed: {type(exc).__name__}: {exc}"
                     out.append(None)
@@ -282,25 +283,29 @@ class _UnitWriter:
 
 def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: int = 16,
            concurrency: int | None = None, precision: str = "fp32", files_per_unit: int = FILES_PER_UNIT,
-           progress=print) -> EncodeSummary:
+           progress=print, refine_steps: int = 0) -> EncodeSummary:
     """Encode every image of ``inputs`` (an ingest folder, a shard file, or a folder of images) into
     ``archive`` with the codec.
 
     ``batch_size`` bounds the images per ``compress`` call (images of one padded size are batched
     together); ``concurrency`` is the number of encoder actors; ``precision="bf16"`` runs ``g_a`` under
     bf16 autocast (see :func:`fast_analysis`); ``files_per_unit``: files per unit of work of an image
-    folder (see :func:`list_units`).
+    folder (see :func:`list_units`); ``refine_steps`` > 0 refines each image's latents before coding
+    (codecs/refine.py: smaller streams for the same decoder, many times the encode time).
     """
     started = time.perf_counter()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if refine_steps < 0:
+        raise ValueError(f"refine_steps must not be negative, got {refine_steps}")
     all_units, kind = list_units(inputs, files_per_unit)
     codec = load_learned_codec(model_ref, "encode")
     writer = ArchiveWriter.open_or_create(archive, codec.card, model_ref)
     job_id = uuid.uuid4().hex[:12]
     source = ({"shards": [u.name for u in all_units]} if kind == "shards" else
               {"folder": str(inputs), "files": sum(u.rows for u in all_units), "files_per_unit": files_per_unit})
-    writer.start_job(job_id, {**source, "model_ref": str(model_ref), "precision": precision})
+    writer.start_job(job_id, {**source, "model_ref": str(model_ref), "precision": precision,
+                              **({"refine_steps": refine_steps} if refine_steps else {})})
     completed = writer.completed_units()
     skipped = sum(u.rows for u in all_units if u.name in completed)
     todo = []
@@ -329,7 +334,8 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         ds = ds.map_batches(
             EncodeStage,
             fn_constructor_kwargs={"model_ref": str(model_ref), "device": "cuda" if gpus else "cpu",
-                                   "max_batch": batch_size, "threads": threads, "precision": precision},
+                                   "max_batch": batch_size, "threads": threads, "precision": precision,
+                                   "refine_steps": refine_steps},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),

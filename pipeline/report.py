@@ -97,6 +97,7 @@ class LearnedSpec:
     entropy_params: str = "integer"
     model: str = ""
     config: str = ""
+    refine_steps: int = 0  # encoder-side latent refinement when encoding on the fly (codecs/refine.py)
 
 
 @dataclass
@@ -262,7 +263,7 @@ def _measure_learned(item_id: str, image, spec: LearnedSpec, stored: Item | None
     encode_s = math.nan
     if stored is None:  # encode on the fly
         started = time.perf_counter()
-        data = codec.encode(image)
+        data = codec.encode(image, refine_steps=spec.refine_steps)
         encode_s = time.perf_counter() - started
     else:
         if (stored.height, stored.width) != (image.height, image.width):
@@ -404,9 +405,12 @@ def _as_list(value) -> list:
 def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_CLASSICAL,
            qualities: dict[str, list] | None = None, use_ray: bool = True, progress=print, *, models=(),
            series: str | None = None, references=(), extend_sweeps: bool = True,
-           min_points: int = MIN_RATE_POINTS) -> ReportResult:
+           min_points: int = MIN_RATE_POINTS, refine_steps=(0,)) -> ReportResult:
     """Measure learned models (``archives``: one path or several; ``models``: codecs encoding on the fly)
     and ``classical`` codecs on the images of ``originals`` (and of every archive); write the report.
+
+    ``refine_steps``: for the models encoded on the fly, one series per setting (0: the plain encoder;
+    N > 0: latent refinement of N steps, series ``<name>+refine<N>``).
 
     ``min_points`` (default 4) is the fewest rate points per curve for a BD delta; lower it only for an
     indicative number, which the tables then flag."""
@@ -418,6 +422,14 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
     reference_series = [series for path in _as_list(references) for series in load_reference(path)]
     readers = [open_archive(a) for a in archives]
     specs = assign_series([learned_spec(r) for r in readers] + [model_spec(str(m)) for m in models], series)
+    settings = list(dict.fromkeys(int(n) for n in ([refine_steps] if isinstance(refine_steps, int)
+                                                   else list(refine_steps)) or [0]))
+    if any(n < 0 for n in settings):
+        raise ValueError(f"refine steps must not be negative, got {settings}")
+    on_the_fly = specs[len(readers):]
+    specs = specs[:len(readers)] + [replace(s, name=s.name if n == 0 else f"{s.name}+refine{n}", refine_steps=n)
+                                    for n in settings for s in on_the_fly]
+    models = [None] * (len(specs) - len(readers))
     if not specs and not plan:
         raise ValueError("nothing to measure: give a learned model (archive or model) or a classical codec")
     in_originals = original_ids(originals)
@@ -453,7 +465,9 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
     header = {
         "archives": ", ".join(f"`{a}` ({len(r)} items)" for a, r in zip(archives, readers)) or "none",
         "learned models": "; ".join(f"{s.model} → series {s.name} (λ {fmt(s.lmbda, 4)}, id `{s.model_id}`, "
-                                    f"{'archive' if r else 'encoded on the fly'})" for s, r in sources) or "none",
+                                    f"{'archive' if r else 'encoded on the fly'}"
+                                    f"{f', latents refined {s.refine_steps} steps' if s.refine_steps else ''})"
+                                    for s, r in sources) or "none",
         "originals": f"`{Path(originals)}`",
         "images": f"{len(wanted)} measured ({len(in_originals) - len(wanted)} originals not in every archive)",
         "classical codecs": ", ".join(dict.fromkeys(n for n, _ in plan)) or "none",

@@ -56,6 +56,7 @@ from latentzip.pipeline.shards import is_shards, shard_paths
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".jxl",
                     ".ppm", ".pgm", ".pnm"}
 RUN_NAME = "train"
+PRECISIONS = ("fp32", "bf16")
 WEIGHTS, OPTIMIZER, STATE, HISTORY = "model.safetensors", "optimizer.pt", "train_state.json", "metrics.jsonl"
 
 
@@ -86,6 +87,8 @@ class TrainConfig:
     lr_decay_at: tuple[float, ...] = (0.8, 0.95)  # fractions of ``steps`` where both learning rates drop
     lr_decay: float = 0.1
     gpus_per_worker: float = 1.0  # below 1 when several trials of a sweep share a GPU
+    precision: str = "fp32"  # "bf16": g_a/g_s convolutions under bf16 autocast (GDN, hyperprior, rate in fp32)
+    lr_rsqrt_from: int = 0  # > 0: the learning rate also falls as sqrt(lr_rsqrt_from / step) past that step
 
     def __post_init__(self):
         CodecConfig(self.arch, self.N, self.M)  # validates arch and widths
@@ -104,11 +107,20 @@ class TrainConfig:
             raise ValueError("lr_decay_at must be fractions in (0, 1] and lr_decay in (0, 1]")
         if not 0 < self.gpus_per_worker <= 1:
             raise ValueError(f"gpus_per_worker must be in (0, 1], got {self.gpus_per_worker}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.lr_rsqrt_from < 0:
+            raise ValueError(f"lr_rsqrt_from must not be negative, got {self.lr_rsqrt_from}")
 
     def lr_factor(self, step: int) -> float:
-        """Learning-rate multiplier at ``step``: ``lr_decay`` once for every decay point passed. A function
-        of the step alone, so a resumed run continues the same schedule."""
-        return self.lr_decay ** sum(step > round(f * self.steps) for f in self.lr_decay_at)
+        """Learning-rate multiplier at ``step``: ``lr_decay`` once for every decay point passed, and with
+        ``lr_rsqrt_from`` an inverse-square-root fall past that step. A function of the step alone, so a
+        resumed run continues the same schedule, and with ``lr_rsqrt_from`` a run that resumes a long-trained
+        model starts where the schedule has fallen to, not at the top."""
+        factor = self.lr_decay ** sum(step > round(f * self.steps) for f in self.lr_decay_at)
+        if self.lr_rsqrt_from and step > self.lr_rsqrt_from:
+            factor *= math.sqrt(self.lr_rsqrt_from / step)
+        return factor
 
     def checkpoints_at(self, step: int) -> bool:
         """Whether the run saves a checkpoint (and reports it to Ray Train) after ``step``."""
@@ -154,7 +166,17 @@ class ImageSource:
 
 def resolve_data(data) -> ImageSource:
     """Sniff ``data`` (paths or URLs): a folder with ``*.parquet`` or Parquet files -> shards; else a folder
-    of images."""
+    of images. A list: several such folders (all images, or all shards), or a list of shard files."""
+    if isinstance(data, (list, tuple)) and len(data) == 1:
+        data = data[0]
+    if isinstance(data, (list, tuple)) and all(storage.is_dir(storage.absolute(p)) for p in data):
+        sources = [resolve_data(p) for p in data]
+        kinds = {source.kind for source in sources}
+        if len(kinds) > 1:
+            raise ValueError("training data mixes image folders and Parquet shards; give one kind")
+        paths = tuple(path for source in sources for path in source.paths)
+        return ImageSource(kinds.pop(), paths, sum(source.count for source in sources),
+                           ", ".join(source.location for source in sources))
     if isinstance(data, (list, tuple)):
         paths = [storage.absolute(p) for p in data]
         location = ", ".join(map(str, paths))
@@ -385,7 +407,8 @@ def _initialise(module, init: dict) -> dict:
 
 
 #: The settings of a run kept in its record (``_runs``): what a model card needs to say how it was trained.
-RUN_SETTINGS = ("lmbda", "lr", "aux_lr", "lr_decay", "batch_size", "patch_size", "min_scale", "clip_max_norm")
+RUN_SETTINGS = ("lmbda", "lr", "aux_lr", "lr_decay", "lr_rsqrt_from", "batch_size", "patch_size", "min_scale",
+                "clip_max_norm", "precision")
 
 
 def _runs(state: dict, config: TrainConfig, start: int, world: int, device) -> list[dict]:
@@ -470,6 +493,7 @@ def train_worker(loop_config: dict) -> dict:
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     module = build_model(config.codec_config)
+    module.transform_dtype = torch.bfloat16 if config.precision == "bf16" else None
     model = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
     module = model.module if hasattr(model, "module") else model
     optimizers = _optimizers(module, config)

@@ -12,7 +12,8 @@ from latentzip.codecs.classical import FORMATS, ClassicalCodec
 from latentzip.codecs.metrics import psnr_db
 
 #: quality pairs (low, high) whose files must grow with quality
-MONOTONE = {"jpeg": (20, 90), "jpeg444": (20, 90), "webp": (20, 90), "avif": (20, 90), "jpegxl": (20, 90)}
+MONOTONE = {"jpeg": (20, 90), "jpeg444": (20, 90), "webp": (20, 90), "avif": (20, 90), "avif444": (20, 90),
+            "jpegxl": (20, 90)}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def _signature_ok(name: str, data: bytes) -> bool:
         return data[:4] == b"RIFF" and data[8:12] == b"WEBP" and int.from_bytes(data[4:8], "little") == len(data) - 8
     if name == "jpeg2000":  # JP2 container signature box, or a raw J2K codestream
         return data[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or data[:4] == b"\xff\x4f\xff\x51"
-    if name == "avif":
+    if name in ("avif", "avif444"):
         return data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis")
     if name == "jpegxl":  # bare codestream or ISO BMFF container
         return data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n"
@@ -38,7 +39,7 @@ def _signature_ok(name: str, data: bytes) -> bool:
 
 
 def test_the_documented_formats():
-    assert list(FORMATS) == ["jpeg", "jpeg444", "webp", "jpeg2000", "avif", "jpegxl"]
+    assert list(FORMATS) == ["jpeg", "jpeg444", "webp", "jpeg2000", "avif", "avif444", "jpegxl"]
     for name, fmt in FORMATS.items():
         low, high = fmt.quality_range
         assert fmt.name == name
@@ -63,7 +64,8 @@ def test_round_trip_at_default_quality(name, photo):
 
 @pytest.mark.parametrize("name", [n for n in FORMATS if n != "jpegxl"])
 def test_files_open_with_pillow_as_their_format(name, photo):
-    expected = {"jpeg": "JPEG", "jpeg444": "JPEG", "webp": "WEBP", "jpeg2000": "JPEG2000", "avif": "AVIF"}[name]
+    expected = {"jpeg": "JPEG", "jpeg444": "JPEG", "webp": "WEBP", "jpeg2000": "JPEG2000", "avif": "AVIF",
+                "avif444": "AVIF"}[name]
     image = Image.open(io.BytesIO(ClassicalCodec(name).encode(photo)))
     assert image.format == expected
     assert image.size == photo.size

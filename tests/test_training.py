@@ -97,3 +97,48 @@ def test_shards_are_sniffed_and_split_between_workers(samples_dir, tmp_path):
     assert all(max(image.shape[1:]) == 64 for share in shares for image in share)
     folder = resolve_data(samples_dir)
     assert folder.kind == "files" and folder.count == 6 and all(p.endswith(".jpg") for p in folder.paths)
+
+
+def test_several_folders_train_on_all_their_images(samples_dir, tmp_path):
+    import shutil
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    photos = sorted(p for p in samples_dir.iterdir() if p.suffix == ".jpg")
+    for i, photo in enumerate(photos):
+        shutil.copy(photo, tmp_path / ("a" if i % 2 else "b") / photo.name)
+    source = resolve_data([tmp_path / "a", tmp_path / "b"])
+    assert source.kind == "files" and source.count == len(photos)
+    assert sorted(p.rsplit("/", 1)[-1] for p in source.paths) == sorted(p.name for p in photos)
+    assert resolve_data([tmp_path / "a"]).count == len(photos) // 2  # one folder in a list: that folder
+
+
+def test_rsqrt_schedule_continues_instead_of_restarting():
+    plain = TrainConfig(steps=60_000, lr_decay_at=(0.9,))
+    falling = TrainConfig(steps=60_000, lr_decay_at=(0.9,), lr_rsqrt_from=10_000)
+    assert plain.lr_factor(45_001) == 1.0  # a resume restarts at the top learning rate
+    assert falling.lr_factor(10_000) == 1.0
+    assert falling.lr_factor(40_000) == pytest.approx(0.5)
+    assert falling.lr_factor(54_001) == pytest.approx(0.1 * (10_000 / 54_001) ** 0.5)
+    with pytest.raises(ValueError, match="lr_rsqrt_from"):
+        TrainConfig(lr_rsqrt_from=-1)
+
+
+def test_bf16_training_step_keeps_the_rate_in_fp32_and_learns():
+    from latentzip.codecs.hyperprior import build_model
+    from latentzip.pipeline.training import _optimizers, _train_step
+
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    config = TrainConfig(arch="mean-scale-hyperprior", N=16, M=24, patch_size=64, batch_size=2, lr=1e-3,
+                         lmbda=0.1, precision="bf16")
+    torch.manual_seed(0)
+    model = build_model(config.codec_config)
+    model.transform_dtype = torch.bfloat16
+    out = model(torch.rand(2, 3, 64, 64))
+    assert out["x_hat"].dtype == torch.float32
+    assert all(lik.dtype == torch.float32 for lik in out["likelihoods"].values())
+    optimizers = _optimizers(model, config)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    losses = [_train_step(model, model, x, optimizers, config, 1, step)[0].item() for step in range(1, 31)]
+    assert losses[-1] < losses[0]
