@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from latentzip.codecs.hyperprior import _transform
+
 _EPS = 1e-5
 
 
@@ -32,11 +34,14 @@ class Refinement:
 
     steps: int
     lmbda: float
-    lr: float = 5e-3
+    lr: float = 1e-2
     seed: int = 0
     tau_max: float = 0.5
-    tau_min: float = 0.02  # the temperature reached at the last step
+    tau_min: float = 0.1  # the temperature reached at the last step
     hold: float = 0.3  # fraction of the steps at tau_max before annealing starts
+    #: Autocast dtype of g_s's convolutions while refining (``torch.bfloat16``: faster on CPUs with bf16
+    #: units); the final reconstruction and the coding are float32 either way.
+    synthesis_dtype: torch.dtype | None = None
 
     def __post_init__(self):
         if self.steps < 0:
@@ -104,7 +109,7 @@ def refine_latents(model, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, ref
         scales, means = model._split_params(model.h_s(z_hat))
         offset = means if means is not None else torch.zeros_like(y)
         y_hat = offset + soft_round(y - offset, tau, noise((*y.shape, 2)))
-        x_hat = model.g_s(y_hat)
+        x_hat = _transform(model.g_s, y_hat, refinement.synthesis_dtype)
         distortion = ((x_hat - x) ** 2 * mask).sum(dim=(1, 2, 3)) / (3 * pixels)
         bits = (-torch.log2(y_likelihoods(model.gaussian_conditional, y_hat, scales, means)).sum(dim=(1, 2, 3))
                 - torch.log2(z_likelihoods(model.entropy_bottleneck, z_hat)).sum(dim=(1, 2, 3)))
