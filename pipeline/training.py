@@ -411,15 +411,18 @@ RUN_SETTINGS = ("lmbda", "lr", "aux_lr", "lr_decay", "lr_rsqrt_from", "batch_siz
                 "clip_max_norm", "precision")
 
 
-def _runs(state: dict, config: TrainConfig, start: int, world: int, device) -> list[dict]:
+def _runs(state: dict, config: TrainConfig, start: int, world: int, device, optimizer: str = "continued") -> list[dict]:
     """The runs that led to this checkpoint, this one last. The learning-rate schedule is a function of
     the run's total ``steps``, so a resume with a larger ``steps`` is a new run (its own schedule), while
-    rerunning the same command or a worker-group restart continues the last one."""
+    rerunning the same command or a worker-group restart continues the last one. ``optimizer`` says
+    whether a new run kept Adam's state ("continued", from its own checkpoint) or started it afresh
+    ("fresh": a new model, or weights alone from ``init_from``)."""
     runs = [dict(run) for run in state.get("runs", [])]
     if not runs or runs[-1]["to_step"] != config.steps:
         runs.append({"from_step": start, "to_step": config.steps, "last_step": start, "train_time_s": 0.0,
                      **{name: getattr(config, name) for name in RUN_SETTINGS},
-                     "lr_decay_at": list(config.lr_decay_at), "num_workers": world, "device": str(device)})
+                     "lr_decay_at": list(config.lr_decay_at), "num_workers": world, "device": str(device),
+                     "optimizer": optimizer})
     return runs
 
 
@@ -439,7 +442,8 @@ def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
     # Workers read the weights themselves (from the URL, or the path, which every node has for a zoo model).
     weights = storage.join(codec_dir, WEIGHTS_FILE) if remote else Path(codec_dir).resolve() / WEIGHTS_FILE
     return {"weights": str(weights), "step": int(card.get("steps", 0)),
-            "train_time_s": float(card.get("train_time_s", 0.0)), "runs": card.get("runs", [])}
+            "train_time_s": float(card.get("train_time_s", 0.0)), "runs": card.get("runs", []),
+            **({"history": card["history"]} if card.get("history") else {})}
 
 
 def _init(init_from, config: TrainConfig) -> dict | None:
@@ -498,12 +502,13 @@ def train_worker(loop_config: dict) -> dict:
     module = model.module if hasattr(model, "module") else model
     optimizers = _optimizers(module, config)
     state, history = _restore(module, optimizers)
+    optimizer = "continued" if state["step"] > 0 else "fresh"
     if state["step"] == 0 and loop_config.get("init"):
         state = _initialise(module, loop_config["init"])
     start = state["step"]
     if start >= config.steps:
         return {"start_step": start}
-    runs = _runs(state, config, start, world, device)
+    runs = _runs(state, config, start, world, device, optimizer)
 
     images = load_images(ImageSource(**loop_config["data"]), rank, world, config.max_side)
     val_images = load_images(ImageSource(**loop_config["val"]), max_side=config.max_side) \
@@ -612,6 +617,8 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
             "num_workers": state.get("world_size"), "hardware": state.get("hardware", {}),
             "runs": state.get("runs", []),
             "data": {"source": source.location, "kind": source.kind, "images": source.count}}
+    if loop_config["init"] and loop_config["init"].get("history"):
+        card["history"] = loop_config["init"]["history"]  # the unrecorded runs of the codec it started from
     codec_dir = storage.join(out_dir, "codec")
     if isinstance(codec_dir, Path):
         model_id = export_codec(model, codec_dir, card=card)

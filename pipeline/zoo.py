@@ -127,6 +127,11 @@ def _run_text(run: dict) -> str:
     """One training run of a card's ``runs``: its steps, learning-rate schedule, batch and machine."""
     decay = "/".join(f"{f:.0%}" for f in run.get("lr_decay_at", ()))
     minutes = run.get("train_time_s", 0) / 60
+    rsqrt = f", ×√({run['lr_rsqrt_from']}/step) past step {run['lr_rsqrt_from']}" if run.get("lr_rsqrt_from") else ""
+    extras = "".join(f", {text}" for text in (
+        f"{run['precision']} transforms" if run.get("precision", "fp32") != "fp32" else "",
+        {"fresh": "optimiser state fresh (Adam's moments lost)", "continued": "optimiser state kept"}.get(
+            run.get("optimizer"), "")) if text)
     return (f"steps {run['from_step']}→{run.get('last_step', run['to_step'])}: lr {run['lr']:g} "
-            f"(×{run['lr_decay']:g} at {decay} of {run['to_step']}), batch {run['batch_size']}×"
-            f"{run['patch_size']} px, {run['num_workers']} worker(s) on {run['device']}, {minutes:.1f} min")
+            f"(×{run['lr_decay']:g} at {decay} of {run['to_step']}{rsqrt}), batch {run['batch_size']}×"
+            f"{run['patch_size']} px, {run['num_workers']} worker(s) on {run['device']}, {minutes:.1f} min{extras}")

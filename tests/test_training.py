@@ -70,6 +70,8 @@ def test_rerun_with_more_steps_resumes_from_the_checkpoint(first_run, samples_di
     runs = json.loads((result.codec_dir / "codec.json").read_text())["card"]["runs"]
     assert [(r["from_step"], r["last_step"], r["to_step"], r["lr"]) for r in runs] == [(0, 40, 40, 1e-3), (40, 60, 60, 1e-3)]
     assert all(r["train_time_s"] > 0 and r["device"] == "cpu" and r["num_workers"] == 2 for r in runs)
+    # The second run resumed Adam's state from the run's own checkpoint; the first began with none.
+    assert [r["optimizer"] for r in runs] == ["fresh", "continued"]
 
 
 def test_config_rejects_unknown_keys_and_bad_patch():

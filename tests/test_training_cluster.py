@@ -150,6 +150,8 @@ def test_training_continues_from_a_trained_codec(ray_local, samples_dir, tmp_pat
     # The runs of the codec it started from come along.
     runs = read_card(again.codec_dir)["card"]["runs"]
     assert [(r["from_step"], r["last_step"]) for r in runs] == [(0, 10), (10, 15)]
+    # Weights alone come from a codec: Adam's moments start afresh, and the card says so.
+    assert [r["optimizer"] for r in runs] == ["fresh", "fresh"]
     with pytest.raises(ValueError, match="already has 15 steps"):
         train(samples_dir, tmp_path / "c", TrainConfig(**{**vars(config), "steps": 15}), init_from=again.codec_dir)
     with pytest.raises(ValueError, match="N=16 M=24"):
