@@ -248,7 +248,8 @@ def write_rd(result: RDBenchmark, out: str | Path, classical=None) -> Path:
     if out.suffix == ".json":
         document = result.to_dict()
         if classical is not None:
-            document["classical"] = {"report": str(classical.out_dir), "bd": bd_records(classical.bd)}
+            document["classical"] = {"report": str(classical.out_dir), "bd": bd_records(classical.bd),
+                                     "refinement": refinement_table(classical)}
         out.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
         return out
     parts = []
@@ -257,10 +258,48 @@ def write_rd(result: RDBenchmark, out: str | Path, classical=None) -> Path:
                   f"{classical.images} images; BD-rate at equal PSNR / MS-SSIM (negative: the learned model needs "
                   f"fewer bits). Plots, per-image rows and the HTML page: `{classical.out_dir}`.", "",
                   *bd_markdown(classical.bd), "", f"![RD plot]({classical.rd_psnr})", ""]
+    refinement = refinement_table(classical) if classical is not None else []
+    if refinement:
+        parts += ["# Encoder-side latent refinement", "",
+                  "Each series refined at encode (codecs/refine.py) against the plain encoder, same models and images: "
+                  "BD-rate at equal PSNR (negative: fewer bits), and encode seconds per megapixel (the wall time of "
+                  "encode calls in the report's tasks, running side by side, so compare rows, not machines).", "",
+                  "| series | refine steps | BD-rate vs plain (PSNR) | encode s/MP |", "|---|---:|---:|---:|",
+                  *(f"| {r['series']} | {r['refine_steps']} | {_signed(r['bd_rate_pct'])} | {r['encode_s_per_mp']:.2f} |"
+                    for r in refinement), ""]
     parts += ["# Integer vs float entropy parameters", "",
               f"{len(result.images)} images; bpp from the bytes written.", "", result.table()]
     out.write_text("\n".join(parts) + "\n")
     return out
+
+
+def refinement_table(classical) -> list[dict]:
+    """Per learned series of the report: its refine steps, BD-rate against the same models unrefined, and
+    encode seconds per megapixel. Empty when the report has no refined series."""
+    import pyarrow.parquet as pq
+
+    from latentzip.pipeline.bdrate import bd_delta
+    from latentzip.pipeline.report import curves, summarize
+
+    rows = [r for r in pq.read_table(classical.rows_parquet).to_pylist() if r["kind"] == "learned"]
+    names = list(dict.fromkeys(r["codec"] for r in rows))
+    if not any("+refine" in name for name in names):
+        return []
+    points = curves(summarize(rows))
+    out = []
+    for name in names:
+        base, _, steps = name.partition("+refine")
+        mine = [r for r in rows if r["codec"] == name]
+        seconds, pixels = sum(r["encode_s"] for r in mine), sum(r["width"] * r["height"] for r in mine)
+        bd = (bd_delta([p[:2] for p in points[base]["points"]], [p[:2] for p in points[name]["points"]])[0]
+              if base in points and name in points else math.nan)
+        out.append({"series": name, "refine_steps": int(steps or 0), "bd_rate_pct": 0.0 if not steps else bd,
+                    "encode_s_per_mp": seconds / (pixels / 1e6) if pixels else math.nan})
+    return out
+
+
+def _signed(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:+.1f} %"
 
 
 def _lmbda(document: dict) -> float:

@@ -99,3 +99,28 @@ def test_rd_against_classical_codecs_writes_the_bd_table(ray_local, tiny_codec_f
     assert "# Learned vs classical codecs" in text and "| jpeg |" in text and "# Integer vs float" in text
     report_dir = tmp_path / "rd-report"
     assert (report_dir / "report.html").is_file() and (report_dir / "bd.json").is_file()
+
+
+@pytest.mark.slow
+def test_rd_with_refinement_adds_refined_series(ray_local, image_folder, tmp_path):
+    import torch
+
+    from latentzip.codecs.checkpoint import export_codec
+    from latentzip.codecs.hyperprior import CodecConfig, build_model
+
+    models = []
+    for seed, lmbda in ((0, 0.005), (1, 0.02)):
+        torch.manual_seed(seed)
+        model = build_model(CodecConfig(arch="mean-scale-hyperprior", N=16, M=24))
+        with torch.no_grad():
+            model.g_a[-1].weight.mul_(20.0)
+        export_codec(model, tmp_path / f"m{seed}", card={"training": {"lmbda": lmbda}})
+        models.append(str(tmp_path / f"m{seed}"))
+    out = tmp_path / "rd.json"
+    assert bench.main(["rd", *models, "--images", str(image_folder), "--out", str(out), "--against", "jpeg",
+                       "--repeats", "1", "--refine-steps", "0,3"]) == 0
+    refinement = json.loads(out.read_text())["classical"]["refinement"]
+    assert [(r["series"].endswith("+refine3"), r["refine_steps"]) for r in refinement] == [(False, 0), (True, 3)]
+    assert all(r["encode_s_per_mp"] > 0 for r in refinement)
+    rows = json.loads((tmp_path / "rd-report" / "bd.json").read_text())
+    assert {r["learned"] for r in rows} == {r["series"] for r in refinement}  # both series against JPEG
