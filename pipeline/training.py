@@ -494,6 +494,8 @@ def train_worker(loop_config: dict) -> dict:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config["threads"])
     device = ray.train.torch.get_device()
+    if device.type == "cuda":  # TF32 matmuls and convolutions: the GPU's fast path for fp32 training
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     module = build_model(config.codec_config)
