@@ -165,11 +165,19 @@ def interpolate(codec: LearnedCodec, image_a: Image.Image, image_b: Image.Image,
     return frames
 
 
-def _analysis_transforms(model: ScaleHyperprior, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """``y = g_a(x)`` and ``z = h_a(y)`` of one image, padded as ``LearnedCodec`` pads it."""
+def _analysis_transforms(model: ScaleHyperprior, image: Image.Image,
+                         refinement=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = g_a(x)`` and ``z = h_a(y)`` of one image, padded as ``LearnedCodec`` pads it, and refined as
+    ``compress`` refines them when ``refinement`` is given."""
     x = pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(model._device())
     y = model.g_a(x).float()
-    return y, model.h_a(model._hyper_input(y))
+    z = model.h_a(model._hyper_input(y))
+    if refinement is not None:
+        from latentzip.codecs.refine import refine_latents
+
+        with torch.enable_grad():
+            y, z = refine_latents(model, x, y, z, refinement, [(image.height, image.width)])
+    return y, z
 
 
 # -- rates -----------------------------------------------------------------------------------------------
@@ -211,15 +219,15 @@ class RateAnalysis:
 
 
 @torch.no_grad()
-def analyse(codec: LearnedCodec, image: Image.Image) -> RateAnalysis:
-    """The container ``codec.encode(image)`` writes, with the code length of every latent.
+def analyse(codec: LearnedCodec, image: Image.Image, refine_steps: int = 0) -> RateAnalysis:
+    """The container ``codec.encode(image, refine_steps=...)`` writes, with the code length of every latent.
 
     The same steps as ``ScaleHyperprior.compress`` on a batch of one image (as ``LearnedCodec.encode``
     runs it), keeping the symbols and entropy parameters that ``compress`` does not return.
     """
     model = codec.model
     image = to_rgb8(image)
-    y, z = _analysis_transforms(model, image)
+    y, z = _analysis_transforms(model, image, codec.refinement(refine_steps))
     eb, gc = model.entropy_bottleneck, model.gaussian_conditional
     z_symbols = eb.quantize(z, "symbols", model._z_medians())
     z_indexes = EntropyBottleneck._build_indexes(z.size())

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=8, help="heat maps for this many highest-bpp images (default 8)")
     parser.add_argument("--groups", type=int, default=4, help="latent channel groups for est_bpp_gK (default 4)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per scorer call (default 8)")
+    parser.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                        help="with INPUT: score the streams that `encode --refine-steps N` writes (default 0)")
     parser.add_argument("--concurrency", type=int, help="scorer actors (default: one per GPU, else one per CPU but one)")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     return parser
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _ensure_ray(args.address)
             summary = score(args.input, args.model, args.out, calibration=calibration, top_k=args.top_k,
-                            groups=args.groups, batch_size=args.batch_size, concurrency=args.concurrency, **common)
+                            groups=args.groups, batch_size=args.batch_size, concurrency=args.concurrency,
+                            refine_steps=args.refine_steps, **common)
     except (ArchiveError, UnknownCodecError, FileNotFoundError, ValueError) as exc:
         print(f"latentzip score: error: {exc}", file=sys.stderr)
         return 2

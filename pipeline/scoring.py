@@ -63,11 +63,12 @@ class ScoreStage:
     ``ScoreStage(model)({"id": ..., "source": ...})``.
     """
 
-    def __init__(self, model_ref: str, groups: int = 4, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model_ref: str, groups: int = 4, device: str = "cpu", threads: int | None = None,
+                 refine_steps: int = 0):
         if threads:
             torch.set_num_threads(threads)
         self.codec = load_learned_codec(model_ref, "scoring", device=device)
-        self.groups = groups
+        self.groups, self.refine_steps = groups, refine_steps
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [self.score_one(str(item_id), str(source), None if "image" not in batch else batch["image"][i])
@@ -82,7 +83,7 @@ class ScoreStage:
                "max_block_bpp": math.nan, "rate_map": b"", "rate_map_rows": 0, "rate_map_cols": 0, "error": ""}
         try:
             image = load_image(bytes(data) if data is not None else storage.read_bytes(source))
-            rates = analyse(self.codec, image)
+            rates = analyse(self.codec, image, self.refine_steps)
         except (UnsupportedImageError, OSError) as exc:
             return {**row, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - one bad image must not sink the job
@@ -184,7 +185,8 @@ def input_rows(location: str | Path) -> tuple[str, list]:
 
 
 def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size: int = 8,
-               concurrency: int | None = None, keep_maps: int = 0, progress=print) -> tuple[list[dict], list[dict]]:
+               concurrency: int | None = None, keep_maps: int = 0, progress=print,
+               refine_steps: int = 0) -> tuple[list[dict], list[dict]]:
     """Score every image of ``location`` on Ray. Returns (rows without rate maps, the ``keep_maps`` rows of
     highest bpp with their rate maps as ``float32`` arrays under ``"rate_map"``)."""
     kind, inputs = input_rows(location)
@@ -205,7 +207,7 @@ def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size
     ds = ds.map_batches(
         ScoreStage,
         fn_constructor_kwargs={"model_ref": str(model_ref), "groups": groups, "device": "cuda" if gpus else "cpu",
-                               "threads": 1 if gpus else max(1, cpus // actors)},
+                               "threads": 1 if gpus else max(1, cpus // actors), "refine_steps": refine_steps},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0, num_cpus=1,
     )
@@ -230,7 +232,7 @@ def _plain(value):
 
 def reference_calibration(reference: str | Path, model_ref: str | None, method: str, percentile: float, z: float,
                           groups: int = 4, batch_size: int = 8, concurrency: int | None = None,
-                          progress=print) -> Calibration:
+                          progress=print, refine_steps: int = 0) -> Calibration:
     """Calibrate on an archive (its stored bpp) or, with ``model_ref``, on a folder or ingest output."""
     archive = _try_archive(reference)
     if archive is not None:
@@ -238,7 +240,8 @@ def reference_calibration(reference: str | Path, model_ref: str | None, method: 
     elif model_ref is None:
         raise ValueError(f"reference {reference} is not an archive: pass --model to score it")
     else:
-        rows, _ = score_rows(reference, model_ref, groups, batch_size, concurrency, progress=progress)
+        rows, _ = score_rows(reference, model_ref, groups, batch_size, concurrency, progress=progress,
+                             refine_steps=refine_steps)
         bpps, model_id = [r["bpp"] for r in rows], load_codec(model_ref).model_id.hex()
     return Calibration.fit(bpps, method, percentile, z, reference=str(reference), model_id=model_id)
 
@@ -255,17 +258,19 @@ def _try_archive(path: str | Path):
 def score(location: str | Path, model_ref: str, out_dir: str | Path, reference: str | Path | None = None,
           calibration: Calibration | None = None, method: str = "percentile", percentile: float = 99.0,
           z: float = 3.5, top_k: int = 8, groups: int = 4, batch_size: int = 8, concurrency: int | None = None,
-          progress=print) -> ScoreSummary:
-    """Score ``location`` with ``model_ref`` and write rows, calibration and heat maps to ``out_dir``."""
+          progress=print, refine_steps: int = 0) -> ScoreSummary:
+    """Score ``location`` with ``model_ref`` and write rows, calibration and heat maps to ``out_dir``.
+    ``refine_steps``: score the streams that ``encode --refine-steps`` would write (the reference too)."""
     started = time.perf_counter()
     codec = load_learned_codec(model_ref, "scoring")
     model_id = codec.model_id.hex()
     if calibration is not None:
         _check_model(calibration, model_id)
-    rows, top = score_rows(location, model_ref, groups, batch_size, concurrency, keep_maps=top_k, progress=progress)
+    rows, top = score_rows(location, model_ref, groups, batch_size, concurrency, keep_maps=top_k, progress=progress,
+                           refine_steps=refine_steps)
     if calibration is None and reference is not None:
         calibration = reference_calibration(reference, model_ref, method, percentile, z, groups, batch_size,
-                                            concurrency, progress)
+                                            concurrency, progress, refine_steps=refine_steps)
     elif calibration is None:
         calibration = Calibration.fit([r["bpp"] for r in rows], method, percentile, z,
                                       reference=f"{location} (the input itself: no reference given)",

@@ -85,3 +85,11 @@ def test_temperature_anneals_and_soft_rounding_ends_near_rounding():
     values = torch.tensor([0.1, 0.9, -1.2, 2.6])
     uniform = torch.full((4, 2), 0.5)  # equal Gumbel draws: the nearer integer wins
     assert torch.allclose(soft_round(values, 0.02, uniform), torch.tensor([0.0, 1.0, -1.0, 3.0]), atol=1e-3)
+
+
+def test_scoring_analyses_the_refined_stream(codec, sample_images):
+    from latentzip.codecs.generative import analyse
+
+    image = sample_images[1]
+    assert analyse(codec, image, refine_steps=4).data == codec.encode(image, refine_steps=4)
+    assert analyse(codec, image).data == codec.encode(image)
