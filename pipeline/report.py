@@ -131,7 +131,15 @@ def original_ids(location: str | Path) -> list[str]:
         return [i for p in shard_paths(location) for i in storage.read_table(p, columns=["id"]).column("id").to_pylist()]
     if storage.is_file(location):
         raise ValueError(f"originals {location} is a file: give the folder of images or the ingest output")
-    return storage.list_files(location)
+    return [name for name in storage.list_files(location) if not _is_notes(name)]
+
+
+#: Files that sit beside photos in a folder (its SOURCES.md, a manifest) and are not measured as images.
+NOTE_SUFFIXES = (".md", ".txt", ".tsv", ".csv", ".json", ".py", ".sh", ".html")
+
+
+def _is_notes(name: str) -> bool:
+    return name.lower().endswith(NOTE_SUFFIXES)
 
 
 def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
@@ -145,7 +153,7 @@ def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str
                     yield item_id, data
     else:
         for item_id in storage.list_files(location):
-            if item_id in wanted:
+            if item_id in wanted and not _is_notes(item_id):
                 yield item_id, storage.read_bytes(storage.join(location, item_id))
 
 

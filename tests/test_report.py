@@ -220,3 +220,13 @@ def test_report_command_errors(archive, shards, tmp_path, capsys):
     assert "not among" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         report_job.main([str(archive), str(shards), "--out", str(tmp_path), "--codecs", "gif"])
+
+
+def test_notes_beside_the_photos_are_not_measured(tmp_path, sample_images):
+    from latentzip.pipeline.report import original_ids
+
+    sample_images[0].save(tmp_path / "a.png")
+    (tmp_path / "SOURCES.md").write_text("# where the photos come from\n")
+    (tmp_path / "manifest.tsv").write_text("a.png\tsomewhere\n")
+    (tmp_path / "b.jpg.bad").write_bytes(b"not an image")  # an odd file is still measured (and fails)
+    assert sorted(original_ids(tmp_path)) == ["a.png", "b.jpg.bad"]
