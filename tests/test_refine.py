@@ -24,7 +24,9 @@ def codec(request, tmp_path_factory) -> LearnedCodec:
         model.h_a[-1].weight.mul_(20.0)
     directory = tmp_path_factory.mktemp(f"refine-{request.param}")
     export_codec(model, directory, card={"training": {"lmbda": LMBDA}})
-    return LearnedCodec.from_path(directory)
+    codec = LearnedCodec.from_path(directory)
+    codec.directory = directory
+    return codec
 
 
 def _cost(codec: LearnedCodec, image, data: bytes) -> float:
@@ -93,3 +95,20 @@ def test_scoring_analyses_the_refined_stream(codec, sample_images):
     image = sample_images[1]
     assert analyse(codec, image, refine_steps=4).data == codec.encode(image, refine_steps=4)
     assert analyse(codec, image).data == codec.encode(image)
+
+
+def test_the_encode_stage_writes_refined_streams(codec, sample_images):
+    import io
+
+    from latentzip.pipeline.encoding import EncodeStage
+
+    blobs = []
+    for image in sample_images[:2]:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    stage = EncodeStage(str(codec.directory), refine_steps=3)
+    out = stage.encode_rows(["a", "b"], blobs)
+    assert out["error"] == ["", ""]
+    assert out["data"] == codec.encode_batch(sample_images[:2], refine_steps=3)
+    assert out["data"] != codec.encode_batch(sample_images[:2])
