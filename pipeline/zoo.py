@@ -93,7 +93,8 @@ def model_card(name: str, document: dict) -> str:
         "| | |", "|---|---|",
         f"| architecture | {config['arch']} (N={config['N']}, M={config['M']}), entropy parameters "
         f"{config.get('entropy_params', 'float')} |",
-        f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from `{Path(str(data.get('source', '?'))).name}` |",
+        f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from "
+        + " and ".join(f"`{Path(part).name}`" for part in str(data.get("source", "?")).split(", ")) + " |",
         f"| steps | {card.get('steps', '?')} on {card.get('num_workers', '?')} Ray Train worker(s) |",
         (f"| time | {card['train_time_s'] / 60:.1f} min of training steps over all runs; the last run "
          f"{wall / 60:.1f} min wall |" if isinstance(wall, (int, float)) and "train_time_s" in card

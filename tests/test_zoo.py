@@ -62,6 +62,8 @@ def test_model_card_lists_the_training_runs():
     assert "| runs | two earlier runs; steps 2500→3000" in zoo.model_card("m", document)
     del document["card"]["history"]
     assert "| runs | steps 0→2500: not recorded; steps 2500→3000" in zoo.model_card("m", document)
+    document["card"]["data"] = {"images": 234, "kind": "files", "source": "/d/photos/train, /d/photos/extra"}
+    assert "| data | 234 images (files) from `train` and `extra` |" in zoo.model_card("m", document)
     document["card"]["runs"][0].update(optimizer="fresh", lr_rsqrt_from=10_000, precision="bf16")
     assert ("lr 0.0005 (×0.1 at 80%/95% of 5000, ×√(10000/step) past step 10000), batch 4×128 px, 1 worker(s) on "
             "cpu, 1.5 min, bf16 transforms, optimiser state fresh (Adam's moments lost)") in zoo.model_card("m", document)
