@@ -103,7 +103,7 @@ def model_card(name: str, document: dict) -> str:
         f"{hardware.get('cpu_count', '?')} CPUs, torch {hardware.get('torch', '?')} |",
         "| recipe | " + ", ".join(f"{key} {training[key]}" for key in
                                  ("lmbda", "lr", "aux_lr", "batch_size", "patch_size", "min_scale", "clip_max_norm",
-                                  "lr_decay_at", "lr_decay") if key in training) + " |",
+                                  "lr_decay_at", "lr_decay", "lr_rsqrt_from", "precision") if key in training) + " |",
     ]
     runs = card.get("runs") or []
     if runs or card.get("history"):
