@@ -60,13 +60,13 @@ def test_encode_stage_falls_back_to_one_by_one(stage, codec, sample_images, monk
 
     real_batch = type(stage.codec).encode_batch
 
-    def encode_batch(images_in):
+    def encode_batch(images_in, refine_steps=0):
         # A batch of several fails as a whole; alone, only the second image fails.
         if len(images_in) > 1:
             raise RuntimeError("batch exploded")
         if images_in[0].size == images[1].size:
             raise RuntimeError("this one is bad")
-        return real_batch(stage.codec, images_in)
+        return real_batch(stage.codec, images_in, refine_steps=refine_steps)
 
     monkeypatch.setattr(stage.codec, "encode_batch", encode_batch)
     out = stage.encode_rows(["a.png", "b.png"], [png_bytes(im) for im in images])
