@@ -11,6 +11,10 @@ that wrote it, and it is re-checked on load, so edited weights are caught.
 The config includes ``entropy_params`` (integer or float arithmetic for the prior), which is chosen when
 loading: every codec loads in integer mode unless asked for float. The stored id is verified against the
 config as written; the returned card then carries the id of the mode actually loaded.
+
+Deriving the integer prior (``integer_prior.py``) searches fixed-point scales with exact bounds, seconds per
+model; ``codec.json`` stores the result of that search under the integer-mode model id, so loading builds the
+prior directly. A codec without it (or with one for other weights) is derived on load, as before.
 """
 
 from __future__ import annotations
@@ -24,19 +28,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latentzip.codecs.bitstream import MODEL_ID_BYTES
+from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,  # noqa: F401 - re-exported
+                                   CheckpointError, read_card)
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.integer_prior import FixedPointOverflowError
 
-CONFIG_FILE = "codec.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT = "latentzip-codec"
-FORMAT_VERSION = 1
 #: The arithmetic every codec loads with unless told otherwise (see docs/determinism.md).
 DEFAULT_ENTROPY_PARAMS = "integer"
-
-
-class CheckpointError(ValueError):
-    """A codec directory is missing, of an unknown format, or its weights do not match its model id."""
+#: The key of ``codec.json`` holding the integer prior's plan (:func:`integer_prior_entry`).
+PRIOR_KEY = "integer_prior"
 
 
 def model_id(config: CodecConfig, state: dict[str, torch.Tensor]) -> bytes:
@@ -46,6 +46,46 @@ def model_id(config: CodecConfig, state: dict[str, torch.Tensor]) -> bytes:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.digest()[:MODEL_ID_BYTES]
+
+
+def integer_prior_entry(model: ScaleHyperprior, state: dict[str, torch.Tensor] | None = None) -> dict | None:
+    """What ``codec.json`` stores of the integer prior: the plan of its derivation (its fixed-point scales
+    and proven bounds, a few numbers per layer; the integers follow from the weights in milliseconds) under
+    the integer-mode model id of these weights, so that a plan is only ever used with the weights it was
+    derived from. None when the weights cannot have an integer prior."""
+    if state is None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = dataclasses.replace(model.config, entropy_params="integer")
+    fresh = build_model(config)  # derived afresh, never from a plan the model may have been loaded with
+    fresh.load_state_dict(state)
+    try:
+        plan = fresh.integer_prior().plan()
+    except FixedPointOverflowError:
+        return None
+    return {"model_id": model_id(config, state).hex(), "plan": plan}
+
+
+def stored_plan(card: dict) -> list[dict] | None:
+    """The stored integer-prior plan of ``card`` if it was derived from the weights ``card["model_id"]``
+    names (in integer mode), else None: a stale plan is never used."""
+    entry = card.get(PRIOR_KEY)
+    if isinstance(entry, dict) and entry.get("model_id") == card.get("model_id"):
+        return entry.get("plan")
+    return None
+
+
+def store_integer_prior(directory: str | Path) -> dict | None:
+    """Derive a codec directory's integer prior afresh and (re)write its plan into ``codec.json`` (for codecs
+    exported before plans were stored, or to refresh one). Returns the entry written, or None."""
+    directory = Path(directory)
+    document = read_card(directory)
+    model, _ = load_model(directory, entropy_params="float")
+    entry = integer_prior_entry(model)
+    document.pop(PRIOR_KEY, None)
+    if entry is not None:
+        document[PRIOR_KEY] = entry
+    (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return entry
 
 
 def export_codec(model: ScaleHyperprior, directory: str | Path, card: dict | None = None) -> bytes:
@@ -64,26 +104,11 @@ def export_codec(model: ScaleHyperprior, directory: str | Path, card: dict | Non
         "config": model.config.to_dict(),
         "card": card or {},
     }
+    prior = integer_prior_entry(model, state)
+    if prior is not None:
+        document[PRIOR_KEY] = prior
     (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return mid
-
-
-def read_card(directory: str | Path) -> dict:
-    """The parsed ``codec.json`` of a codec directory, validated."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} is not a codec directory (no {CONFIG_FILE})")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if document.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a latentzip codec card")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has codec format version {document.get('format_version')}; this latentzip reads {FORMAT_VERSION}"
-        )
-    return document
 
 
 def load_model(directory: str | Path, entropy_params: str | None = None) -> tuple[ScaleHyperprior, dict]:
@@ -121,5 +146,11 @@ def switch_entropy_params(model: ScaleHyperprior, card: dict, entropy_params: st
         model = switched.to(next(model.parameters()).device).eval()
         card = {**card, "config": config.to_dict(), "model_id": model_id(config, state).hex()}
     if config.entropy_params == "integer":
-        model.integer_prior()
+        plan = stored_plan(card)
+        try:
+            model.integer_prior(plan)
+        except ValueError:
+            if plan is None:
+                raise
+            model.integer_prior()  # a plan that does not fit these modules: derive (and raise what that raises)
     return model, card

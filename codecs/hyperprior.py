@@ -165,9 +165,10 @@ class ScaleHyperprior(CompressionModel):
         scales_hat, means_hat = self._split_params(params)
         return self.gaussian_conditional.build_indexes(scales_hat), means_hat
 
-    def integer_prior(self) -> FixedPointHyperSynthesis:
+    def integer_prior(self, plan: list[dict] | None = None) -> FixedPointHyperSynthesis:
         """The fixed-point ``h_s`` of the current weights and tables, derived on first use and re-derived
-        whenever one of them is replaced or changed in place."""
+        whenever one of them is replaced or changed in place. ``plan``: the stored choices of a derivation
+        from these very weights (checkpoint.py keys them by model id), which makes deriving a quick build."""
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         sources = [*self.h_s.parameters(), eb.quantiles, eb._offset, eb._cdf_length, gc.scale_table,
                    gc.lower_bound_scale.bound]
@@ -181,7 +182,7 @@ class ScaleHyperprior(CompressionModel):
         z_range = (offset - width, offset + 2 * width - 1)
         prior = FixedPointHyperSynthesis.derive(
             self.h_s, eb.quantiles[:, 0, 1], z_range, gc.scale_table, float(gc.lower_bound_scale.bound),
-            with_means=self.predicts_means,
+            with_means=self.predicts_means, plan=plan,
         ).to(self._device())
         self._integer_prior = ([(t.detach(), t._version) for t in sources], prior)
         return prior

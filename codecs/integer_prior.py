@@ -115,55 +115,24 @@ class FixedPointHyperSynthesis:
     # -- derivation ---------------------------------------------------------------------------------------
     @classmethod
     def derive(cls, h_s: nn.Sequential, medians: torch.Tensor, z_range: tuple[torch.Tensor, torch.Tensor],
-               scale_table: torch.Tensor, scale_bound: float, with_means: bool) -> "FixedPointHyperSynthesis":
+               scale_table: torch.Tensor, scale_bound: float, with_means: bool,
+               plan: list[dict] | None = None) -> "FixedPointHyperSynthesis":
         """Fixed-point ``h_s`` from float modules.
 
         ``medians``: (N,) float32 bottleneck medians; ``z_range``: per-channel (low, high) integer symbol
         clamp; ``scale_table``: GaussianConditional's float32 table; ``scale_bound``: its lower bound.
+        ``plan``: :meth:`plan` of an earlier derivation from the very same tensors (stored with the codec,
+        keyed by its model id): its scales and proven bounds are taken instead of searched for, which is
+        what costs seconds; the integers themselves are computed from the weights the same way either way.
+        A plan that does not fit these modules raises ValueError.
         """
         specs = _parse(h_s)
         medians = medians.detach().to("cpu", torch.float64)
         z_low, z_high = (t.to("cpu", torch.int64) for t in z_range)
         if not bool(torch.isfinite(medians).all()):
             raise FixedPointOverflowError("bottleneck medians are not finite")
-
-        def input_interval(bits):
-            median_q = torch.round(medians * 2.0**bits).to(torch.int64)
-            low = ((z_low << bits) + median_q).clamp(max=0)
-            high = ((z_high << bits) + median_q).clamp(min=0)
-            return low.tolist(), high.tolist()
-
-        in_bits = _choose_bits(input_interval, specs[0][0], INPUT_BITS)
-        interval = input_interval(in_bits)
-        layers = []
-        for position, (module, slope_q) in enumerate(specs):
-            weight_bits = _largest_weight_bits(module, interval, in_bits)
-            acc_low, acc_high, acc_bound = _accumulator(module, interval, in_bits, weight_bits)
-            last = position == len(specs) - 1
-            if last:
-                # Scales are compared with the table at the accumulator's own precision; only the means
-                # are rescaled (to MEAN_BITS, in __call__).
-                out_bits = in_bits + weight_bits
-                if not MEAN_BITS <= out_bits <= MAX_OUT_BITS:
-                    raise FixedPointOverflowError(f"h_s output at 2**-{out_bits} is outside [{MEAN_BITS}, {MAX_OUT_BITS}]")
-            else:
-                def out_interval(bits, acc=(acc_low, acc_high), shift_from=in_bits + weight_bits, slope=slope_q):
-                    return _activation_interval(*acc, shift_from - bits, slope) if bits <= shift_from else None
-                out_bits = _choose_bits(out_interval, specs[position + 1][0], ACT_BITS_MAX)
-            shift = in_bits + weight_bits - out_bits
-            acc_bound += 1 << shift  # the rounding offset added before the shift
-            if acc_bound >= EXACT_LIMIT:  # _largest_weight_bits already made sure; kept as the proof's last line
-                raise FixedPointOverflowError(f"h_s layer {position}: rounding could overflow 2**53")
-            weight, bias = _quantized(module, in_bits, weight_bits)
-            layers.append(_Layer(
-                isinstance(module, nn.ConvTranspose2d), module.stride, module.padding,
-                getattr(module, "output_padding", (0, 0)), weight, bias,
-                in_bits, weight_bits, out_bits, slope_q, acc_bound))
-            interval = _activation_interval(acc_low, acc_high, shift, slope_q)
-            if interval is None:
-                raise FixedPointOverflowError(f"h_s layer {position}: the LeakyReLU product could overflow 2**53")
-            in_bits = out_bits
-
+        layers = _planned_layers(specs, plan) if plan is not None else _search_layers(specs, medians, z_low, z_high)
+        out_bits = layers[-1].out_bits
         table = [float(s) for s in scale_table.detach().cpu().float()]
         bound = float(torch.tensor(scale_bound, dtype=torch.float32))
         # build_indexes counts the entries s of table[:-1] with max(scale, bound) <= s; entries below the
@@ -176,6 +145,13 @@ class FixedPointHyperSynthesis:
         median_q = torch.round(medians * 2.0**layers[0].in_bits).reshape(z_shape)
         return cls(layers, z_low.double().reshape(z_shape), z_high.double().reshape(z_shape), median_q,
                    layers[0].in_bits, thresholds, len(table) - 1 - len(thresholds), with_means)
+
+    def plan(self) -> list[dict]:
+        """Per layer, the choices :meth:`derive` searched for (scales and proven bounds), JSON-ready: what a
+        codec stores so that loading it skips the search (``derive(..., plan=...)``)."""
+        return [{"transposed": layer.transposed, "slope_q": layer.slope_q, "in_bits": layer.in_bits,
+                 "weight_bits": layer.weight_bits, "out_bits": layer.out_bits, "acc_bound": layer.acc_bound}
+                for layer in self.layers]
 
     def to(self, device) -> "FixedPointHyperSynthesis":
         device = torch.device(device)
@@ -215,6 +191,70 @@ class FixedPointHyperSynthesis:
         # below scale_q (exact comparisons of integers in float64).
         below = torch.searchsorted(self.thresholds, scales_q.contiguous(), right=False)
         return (below + self.index_base).to(torch.int32), means
+
+
+def _search_layers(specs, medians: torch.Tensor, z_low: torch.Tensor, z_high: torch.Tensor) -> list[_Layer]:
+    """The layers with the finest scales that the 2**53 bound allows (see the module docstring)."""
+    def input_interval(bits):
+        median_q = torch.round(medians * 2.0**bits).to(torch.int64)
+        low = ((z_low << bits) + median_q).clamp(max=0)
+        high = ((z_high << bits) + median_q).clamp(min=0)
+        return low.tolist(), high.tolist()
+
+    in_bits = _choose_bits(input_interval, specs[0][0], INPUT_BITS)
+    interval = input_interval(in_bits)
+    layers = []
+    for position, (module, slope_q) in enumerate(specs):
+        weight_bits = _largest_weight_bits(module, interval, in_bits)
+        acc_low, acc_high, acc_bound = _accumulator(module, interval, in_bits, weight_bits)
+        if position == len(specs) - 1:
+            # Scales are compared with the table at the accumulator's own precision; only the means
+            # are rescaled (to MEAN_BITS, in __call__).
+            out_bits = in_bits + weight_bits
+            if not MEAN_BITS <= out_bits <= MAX_OUT_BITS:
+                raise FixedPointOverflowError(f"h_s output at 2**-{out_bits} is outside [{MEAN_BITS}, {MAX_OUT_BITS}]")
+        else:
+            def out_interval(bits, acc=(acc_low, acc_high), shift_from=in_bits + weight_bits, slope=slope_q):
+                return _activation_interval(*acc, shift_from - bits, slope) if bits <= shift_from else None
+            out_bits = _choose_bits(out_interval, specs[position + 1][0], ACT_BITS_MAX)
+        shift = in_bits + weight_bits - out_bits
+        acc_bound += 1 << shift  # the rounding offset added before the shift
+        if acc_bound >= EXACT_LIMIT:  # _largest_weight_bits already made sure; kept as the proof's last line
+            raise FixedPointOverflowError(f"h_s layer {position}: rounding could overflow 2**53")
+        layers.append(_layer(module, slope_q, in_bits, weight_bits, out_bits, acc_bound))
+        interval = _activation_interval(acc_low, acc_high, shift, slope_q)
+        if interval is None:
+            raise FixedPointOverflowError(f"h_s layer {position}: the LeakyReLU product could overflow 2**53")
+        in_bits = out_bits
+    return layers
+
+
+def _planned_layers(specs, plan: list[dict]) -> list[_Layer]:
+    """The layers of a stored :meth:`FixedPointHyperSynthesis.plan`, after checking that it fits ``specs``."""
+    if not isinstance(plan, list) or len(plan) != len(specs):
+        raise ValueError(f"integer prior plan has {len(plan) if isinstance(plan, list) else 'no'} layers; h_s has {len(specs)}")
+    layers, in_bits = [], None
+    for position, ((module, slope_q), entry) in enumerate(zip(specs, plan)):
+        try:
+            bits = [int(entry[key]) for key in ("in_bits", "weight_bits", "out_bits", "acc_bound")]
+            fits = (entry["transposed"] == isinstance(module, nn.ConvTranspose2d) and entry["slope_q"] == slope_q
+                    and in_bits in (None, bits[0]) and bits[3] < EXACT_LIMIT)
+        except (KeyError, TypeError, ValueError):
+            fits = False
+        if not fits:
+            raise ValueError(f"integer prior plan does not fit h_s layer {position}")
+        layers.append(_layer(module, slope_q, *bits))
+        in_bits = bits[2]
+    if not MEAN_BITS <= in_bits <= MAX_OUT_BITS:
+        raise ValueError(f"integer prior plan ends at 2**-{in_bits}, outside [{MEAN_BITS}, {MAX_OUT_BITS}]")
+    return layers
+
+
+def _layer(module, slope_q, in_bits: int, weight_bits: int, out_bits: int, acc_bound: int) -> _Layer:
+    weight, bias = _quantized(module, in_bits, weight_bits)
+    return _Layer(isinstance(module, nn.ConvTranspose2d), module.stride, module.padding,
+                  getattr(module, "output_padding", (0, 0)), weight, bias, in_bits, weight_bits, out_bits,
+                  slope_q, acc_bound)
 
 
 def _parse(h_s: nn.Sequential) -> list[tuple[nn.Module, int | None]]:

@@ -13,13 +13,15 @@ A name is one of:
 from __future__ import annotations
 
 import atexit
+import difflib
 import shutil
 import tempfile
 from pathlib import Path
 
-from latentzip.codecs.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from latentzip.codecs.classical import FORMATS, ClassicalCodec
-from latentzip.codecs.learned import LearnedCodec
+from latentzip.codecs.card import CONFIG_FILE, WEIGHTS_FILE
+
+# The codec classes (torch, Pillow, CompressAI) are imported when a codec is loaded, so that resolving and
+# checking names (``latentzip zoo``, a job's argument checks) costs no imports.
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 #: What the demo (and anything else that needs a learned codec and was given none) uses.
@@ -67,14 +69,46 @@ def fetch_codec(url: str) -> Path:
 
 
 def list_codecs() -> list[str]:
+    from latentzip.codecs.classical import FORMATS
+
     return [*FORMATS, *zoo_models()]
 
 
 def is_classical(name: str) -> bool:
+    from latentzip.codecs.classical import FORMATS
+
     return name in FORMATS
 
 
-def load_learned_codec(name_or_path: str | Path, purpose: str, **options) -> LearnedCodec:
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean X?)`` for the choices closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def check_codec_name(name_or_path: str | Path) -> None:
+    """Raise :class:`UnknownCodecError` (with a "did you mean") unless ``name_or_path`` names a codec: a
+    classical name, a zoo model, a local codec directory or a URL (URLs are checked when fetched). Reads
+    nothing but names and directory entries."""
+    name = str(name_or_path)
+    if is_classical(name) or name in zoo_models() or is_remote(name):
+        return
+    path = codec_directory(name)
+    if not (path / CONFIG_FILE).is_file():
+        raise _unknown(name)
+
+
+def _unknown(name: str) -> UnknownCodecError:
+    path = codec_directory(name)
+    where = (f"{path} exists but has no {CONFIG_FILE}" if isinstance(path, Path) and path.is_dir()
+             else "no zoo model or directory of that name")
+    return UnknownCodecError(
+        f"{name!r} is not a codec ({where}){did_you_mean(name, list_codecs())}: expected one of "
+        f"{', '.join(list_codecs())}, or a directory (or URL) containing {CONFIG_FILE}"
+    )
+
+
+def load_learned_codec(name_or_path: str | Path, purpose: str, **options):
     """``load_codec`` for the jobs that need a learned codec: a classical name is refused with a ValueError
     saying which job (``purpose``, e.g. ``"encode"``) needed one."""
     if is_classical(str(name_or_path)):
@@ -88,8 +122,12 @@ def load_codec(name_or_path: str | Path, **options):
     Options: ``quality`` for classical codecs; ``device``, ``max_batch`` and ``entropy_params``
     (``"integer"``, the default, or ``"float"``) for learned ones.
     """
+    from latentzip.codecs.learned import LearnedCodec
+
     name = str(name_or_path)
-    if name in FORMATS:
+    if is_classical(name):
+        from latentzip.codecs.classical import ClassicalCodec
+
         return ClassicalCodec(name, **options)
     zoo = zoo_models()
     if name in zoo:
@@ -99,7 +137,4 @@ def load_codec(name_or_path: str | Path, **options):
         return LearnedCodec.from_path(fetch_codec(path), name=name, **options)
     if (path / CONFIG_FILE).is_file():
         return LearnedCodec.from_path(path, **options)
-    raise UnknownCodecError(
-        f"{name!r} is not a codec: expected one of {', '.join(list_codecs())}, "
-        f"or a directory (or URL) containing {CONFIG_FILE}"
-    )
+    raise _unknown(name)

@@ -13,7 +13,7 @@ COMMANDS = {
     "decode": "archive -> images: one id on demand, or many in parallel on Ray",
     "verify": "check an archive: checksums, index, counts, optionally decode a sample; problems per id",
     "report": "rate-distortion report: learned codec vs JPEG, WebP, JPEG 2000, AVIF, JPEG XL",
-    "bench": "benchmarks of learned codecs (rd: integer vs float entropy parameters; encode: throughput, archive)",
+    "bench": "benchmarks: rd, encode, decode, train, anomaly, startup (cold-start times of commands)",
     "sample": "draw new images from a learned codec's prior (ancestral sampling)",
     "interpolate": "decode the latent-space path between two images",
     "score": "bits per pixel as an anomaly score: rows, calibration, heat maps (Ray job or an archive)",
@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"latentzip: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        from latentzip.jobs.arguments import suggestion
+
+        print(f"latentzip: unknown command {command!r}{suggestion(command, COMMANDS)}\n\n{usage()}",
+              file=sys.stderr)
         return 2
     module = importlib.import_module(f"latentzip.jobs.{command}")
     return module.main(rest)

@@ -2,7 +2,8 @@
 
 One id as PNG decodes in this process and reads only that item. Several ids, a range of archive
 positions (the archive's ids in commit order, as `--list` prints them; Python slice rules, e.g. 0:100,
-100:, -10:) or --all decode in parallel on Ray: into DIR/<id>.png (a rerun skips PNGs already written),
+100:, -10:) or --all decode in this process when they are a handful (24 or fewer left to do), else in
+parallel on Ray: into DIR/<id>.png (a rerun skips PNGs already written),
 or with --format parquet into one Parquet file of PNG bytes (columns id, png, width, height). The model is
 the one named in the archive's provenance, checked against the model id the archive records.
 
@@ -17,10 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip decode", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip decode", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("archive", help="archive written by `latentzip encode`: a folder or an fsspec URL (s3://...)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", dest="ids", action="append", metavar="ID",
@@ -56,12 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             target = args.out or output_path(Path("."), args.ids[0])
             print(f"decoded {args.ids[0]} to {decode_to_file(archive, args.ids[0], target)}")
             return 0
-        from latentzip.pipeline.raycluster import ensure_ray
-
-        ensure_ray(address=args.address)
         default = Path("decoded.parquet" if args.format == "parquet" else "decoded")
-        summary = decode_archive(args.archive, args.out or default, ids=args.ids, positions=positions,
-                                 format=args.format)
+        summary = decode_archive(archive, args.out or default, ids=args.ids, positions=positions,
+                                 format=args.format, address=args.address)
     except (ArchiveError, ItemNotFoundError, BitstreamError, DecodeError, FileNotFoundError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else exc
         print(f"latentzip decode: error: {message}", file=sys.stderr)

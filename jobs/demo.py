@@ -12,14 +12,16 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def sample_folder() -> Path:
     return Path(str(resources.files("latentzip.jobs") / "samples"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip demo", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip demo", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("latentzip-demo"),
                         help="output folder (default ./latentzip-demo)")
     parser.add_argument("--images", type=Path, default=None,

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip encode", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip encode", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs",
                         help="ingest output folder (Parquet shards), one shard file, or a folder of images: a "
                              "path or an fsspec URL (s3://bucket/photos)")
@@ -52,13 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.pipeline.archive import ArchiveError
     from latentzip.pipeline.encoding import encode
-    from latentzip.pipeline.raycluster import ensure_ray
 
-    try:
-        ensure_ray(address=args.address)
+    try:  # every argument is checked before Ray starts, and Ray starts only if there is work
         summary = encode(args.inputs, args.archive, args.model, batch_size=args.batch_size,
                          concurrency=args.concurrency, precision=args.precision,
-                         files_per_unit=args.files_per_unit, refine_steps=args.refine_steps)
+                         files_per_unit=args.files_per_unit, refine_steps=args.refine_steps, address=args.address)
     except (ArchiveError, FileNotFoundError, ValueError) as exc:
         print(f"latentzip encode: error: {exc}", file=sys.stderr)
         return 2

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip ingest", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip ingest", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder of images, searched recursively (hidden files skipped); a path or "
                                        "an fsspec URL (s3://bucket/photos)")
     parser.add_argument("--out", required=True, help="output folder for the shards: a path or an fsspec URL")

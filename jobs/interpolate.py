@@ -13,12 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     from latentzip.jobs.sample import parse_size
 
-    parser = argparse.ArgumentParser(prog="latentzip interpolate", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip interpolate", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", type=Path, metavar="A", help="first image file")
     parser.add_argument("b", type=Path, metavar="B", help="last image file")
     parser.add_argument("--model", required=True, help="learned codec: a codec directory or a zoo name")

@@ -14,21 +14,36 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip jobs", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", help="Ray dashboard URL (default: $RAY_API_SERVER_ADDRESS, else "
-                                          "http://127.0.0.1:8265)")
-    parser.add_argument("--token-file", type=Path, help="file holding the cluster's token")
-    actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="every job: id, status, entrypoint")
-    actions.add_parser("status", help="a job's status and Ray's message").add_argument("job_id")
-    logs = actions.add_parser("logs", help="a job's logs so far (--follow: until it ends)")
-    logs.add_argument("job_id")
-    logs.add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
-    actions.add_parser("stop", help="stop a running job").add_argument("job_id")
+    parser = Parser(prog="latentzip jobs", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    _connection_options(parser, None)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # The connection options are accepted after the action too (`jobs list --address URL`).
+    each = [actions.add_parser("list", help="every job: id, status, entrypoint",
+                               description="Every job on the cluster: id, status, entrypoint."),
+            actions.add_parser("status", help="a job's status and Ray's message",
+                               description="A job's status and Ray's message about it."),
+            actions.add_parser("logs", help="a job's logs so far (--follow: until it ends)",
+                               description="A job's logs so far, or with --follow until it ends."),
+            actions.add_parser("stop", help="stop a running job", description="Stop a running job.")]
+    for action in each:
+        if action.prog.split()[-1] != "list":
+            action.add_argument("job_id")
+        _connection_options(action, argparse.SUPPRESS)
+    each[2].add_argument("-f", "--follow", action="store_true", help="stream until the job ends")
     return parser
+
+
+def _connection_options(parser: argparse.ArgumentParser, default) -> None:
+    """--address and --token-file; on the actions with a suppressed default, so that a value given before
+    the action is kept when none is given after it."""
+    parser.add_argument("--address", default=default, help="Ray dashboard URL (default: $RAY_API_SERVER_ADDRESS, "
+                                                           "else http://127.0.0.1:8265)")
+    parser.add_argument("--token-file", type=Path, default=default, help="file holding the cluster's token")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from latentzip.codecs.classical import FORMATS
 
+from latentzip.jobs.arguments import Parser
+
 
 def parse_codecs(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -63,8 +65,8 @@ def bd_lines(bd) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="latentzip-report", description=__doc__.split("\n\n", 1)[1],
+    parser = Parser(
+        prog="latentzip report", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="ARCHIVE ... ORIGINALS",
                         help="latentzip archives (.zarr folders written by the encode job), then the original images: "
@@ -118,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for text in args.models for m in text.split(",") if m.strip()]
     if args.images is not None:
         if args.inputs:
-            print("latentzip-report: error: give either --images DIR or positional ARCHIVE ... ORIGINALS, not both",
+            print("latentzip report: error: give either --images DIR or positional ARCHIVE ... ORIGINALS, not both",
                   file=sys.stderr)
             return 2
         archives, originals = [], args.images
     elif len(args.inputs) >= 2 or (args.inputs and models):
         archives, originals = args.inputs[:-1], args.inputs[-1]
     else:
-        print("latentzip-report: error: expected ARCHIVE ... ORIGINALS, or ORIGINALS / --images DIR with --model",
+        print("latentzip report: error: expected ARCHIVE ... ORIGINALS, or ORIGINALS / --images DIR with --model",
               file=sys.stderr)
         return 2
     try:
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         extend_sweeps=not args.no_extend, min_points=args.min_points,
                         refine_steps=args.refine_steps)
     except (ValueError, FileNotFoundError) as exc:  # unknown codecs and bad archives are ValueErrors
-        print(f"latentzip-report: error: {exc}", file=sys.stderr)
+        print(f"latentzip report: error: {exc}", file=sys.stderr)
         return 2
     print(f"measured {result.images} images: {result.rows} rows, {len(result.errors)} failures")
     for note in result.coverage:

@@ -14,6 +14,8 @@ import math
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"HxW"`` (or one number for a square) -> (height, width)."""
@@ -29,8 +31,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip sample", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip sample", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="learned codec: a codec directory or a zoo name")
     parser.add_argument("-n", "--count", type=int, default=16, help="number of samples (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

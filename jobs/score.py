@@ -17,10 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip score", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip score", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", nargs="?", help="ingest output folder, shard file or image folder (a path or an "
                                                    "fsspec URL, s3://...)")
     parser.add_argument("--archive", help="score this archive's stored items instead of INPUT (a path or a URL)")

@@ -4,7 +4,8 @@ Submits ``python -m latentzip.jobs.COMMAND ARGS`` through Ray's Job Submission A
 API; default $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265, the end of `ray dashboard
 ray_cluster.yaml`'s tunnel), with the project shipped as a wheel built from this source tree (cached by
 source hash) in the job's runtime_env py_modules. Then it streams the job's logs until the job ends.
-Paths in ARGS are read on the cluster: use absolute paths the cluster sees, or object storage URLs.
+Paths in ARGS are read on the cluster: use absolute paths the cluster sees, or object storage URLs. ARGS
+are checked here first, with the command's own parser, and relative paths are refused.
 
 The token for Ray's token authentication comes from --token-file, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
 ~/.ray/auth_token, in that order; it is sent in the Authorization header and never printed.
@@ -21,10 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip submit", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip submit", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", help="Ray dashboard URL (default: $RAY_API_SERVER_ADDRESS, else "
                                           "http://127.0.0.1:8265)")
     parser.add_argument("--token-file", type=Path, help="file holding the cluster's token (see above)")
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command not in COMMANDS or args.command in ("submit", "jobs"):
         parser.error(f"cannot submit {args.command!r}: not a latentzip job")
+    problem = check_job_arguments(args.command, args.args)
+    if problem:
+        parser.error(problem)
     env = {}
     for pair in args.env:
         name, sep, value = pair.partition("=")
@@ -76,6 +82,39 @@ def main(argv: list[str] | None = None) -> int:
     except submission.SubmitError as exc:
         print(f"latentzip submit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+#: Arguments of the jobs that name files or folders (besides those parsed as Path).
+LOCATIONS = {"inputs", "input", "archive", "out", "data", "val", "images", "model", "init_from", "reference",
+             "calibration", "codecs", "codec", "a", "b", "folder", "normal", "config", "workdir", "zoo_dir"}
+
+
+def check_job_arguments(command: str, argv: list[str]) -> str | None:
+    """Parse ``argv`` with the job's own parser (bad options exit here, with its usage) and return why they
+    cannot be submitted (a relative path, which the cluster would resolve against the job's own working
+    folder), or None."""
+    import importlib
+
+    from latentzip.codecs.registry import is_remote, list_codecs
+
+    job = importlib.import_module(f"latentzip.jobs.{command}").build_parser()
+    namespace = job.parse_args(argv)
+    names = set(list_codecs())
+    relative = []
+    for action in job._actions:
+        value = getattr(namespace, action.dest, None)
+        if action.dest not in LOCATIONS and action.type is not Path or value is None or value == action.default:
+            continue  # defaults are the job's own business
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            for text in str(item).split(",") if action.dest in ("model", "codecs") else [str(item)]:
+                if text and text not in names and not is_remote(text) and not text.startswith("file://") \
+                        and not Path(text).expanduser().is_absolute():
+                    relative.append(text)
+    if relative:
+        return (f"relative path(s) {', '.join(map(repr, relative))} in the job's arguments: the job reads paths "
+                f"on the cluster, so give absolute paths the cluster sees (e.g. {Path(relative[0]).resolve()}) "
+                "or URLs (s3://...)")
+    return None
 
 
 def report(cluster, job_id: str, status: str) -> int:

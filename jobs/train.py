@@ -16,6 +16,8 @@ from pathlib import Path
 
 from latentzip.codecs.hyperprior import ARCHITECTURES
 
+from latentzip.jobs.arguments import Parser
+
 #: flag destination -> TrainConfig field, for the flags that override the config.
 _FIELDS = {
     "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",
@@ -26,8 +28,8 @@ _FIELDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="latentzip-train", description=__doc__.split("\n\n", 1)[1],
+    parser = Parser(
+        prog="latentzip train", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="+",
                         help="folder of images (searched recursively), or a folder of Parquet shards: a path or an "
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args, config)
         result = train(args.data, args.out, config, val=args.val, init_from=_codec_dir(args.init_from))
     except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
-        print(f"latentzip-train: error: {exc}", file=sys.stderr)
+        print(f"latentzip train: error: {exc}", file=sys.stderr)
         return 2
     metrics = result.metrics
     print(f"trained {result.steps} steps (resumed from {result.start_step}) in {result.wall_s:.0f} s: "

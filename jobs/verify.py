@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip verify", description=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="latentzip verify", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("archive", help="archive written by `latentzip encode`: a folder or an fsspec URL (s3://...)")
     parser.add_argument("--decode-sample", type=int, default=0, metavar="N",
                         help="also decode N ids picked at random with the archive's own model (default 0)")

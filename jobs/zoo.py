@@ -11,13 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentzip.jobs.arguments import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentzip zoo", description=__doc__.split("\n\n", 1)[1])
+    parser = Parser(prog="latentzip zoo", description=__doc__.split("\n\n", 1)[1])
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    show = actions.add_parser("show", help="print a zoo model's card")
+    show = actions.add_parser("show", help="print a zoo model's card",
+                              description="Print a zoo model's card: data, steps, runs, wall time, hardware, "
+                                          "recipe and validation rate-distortion.")
     show.add_argument("name")
-    add = actions.add_parser("add", help="copy a trained codec into the zoo, with its validation RD")
+    add = actions.add_parser("add", help="copy a trained codec into the zoo, with its validation RD",
+                             description="Copy a trained codec into the zoo with its validation rate-distortion "
+                                         "measured on --val, and the integer prior's plan derived afresh.")
     add.add_argument("codec", type=Path, help="codec directory written by training")
     add.add_argument("--name", required=True, help="zoo name, e.g. mean-scale-q3")
     add.add_argument("--val", required=True, type=Path, help="folder of validation images")
@@ -29,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentzip.codecs.checkpoint import read_card
+    from latentzip.codecs.card import read_card
     from latentzip.codecs.registry import ZOO_DIR, zoo_models
     from latentzip.pipeline import zoo
 
@@ -40,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "show":
         models = zoo_models()
         if args.name not in models:
-            print(f"latentzip zoo: error: no zoo model {args.name!r}; have {', '.join(models) or 'none'}",
-                  file=sys.stderr)
+            from latentzip.jobs.arguments import suggestion
+
+            print(f"latentzip zoo: error: no zoo model {args.name!r}{suggestion(args.name, models)}; have "
+                  f"{', '.join(models) or 'none'}", file=sys.stderr)
             return 2
         print(zoo.model_card(args.name, read_card(models[args.name])), end="")
         return 0

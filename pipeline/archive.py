@@ -31,12 +31,8 @@ from pathlib import Path
 import google_crc32c
 import numcodecs
 import numpy as np
-import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
-from zarr.core.sync import sync
 
 import latentzip
-from latentzip.codecs.hyperprior import CodecConfig
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline import storage
 
@@ -138,7 +134,7 @@ class Archive:
         # something needs it (a lookup does not); anything else opens it now.
         attributes = _local_group_attributes(self.path) if mode == "r" and isinstance(self.path, Path) else None
         if attributes is None:
-            self._group = zarr.open_group(str(self.path), mode=mode)
+            self._group = _zarr().open_group(str(self.path), mode=mode)
         self._codec = None
         # Read-only: each array's metadata is read once per object, not on every lookup (a writer's arrays
         # change shape, so it opens them afresh).
@@ -149,7 +145,7 @@ class Archive:
     def group(self):
         """The archive's zarr group."""
         if self._group is None:
-            self._group = zarr.open_group(str(self.path), mode=self._mode)
+            self._group = _zarr().open_group(str(self.path), mode=self._mode)
         return self._group
 
     @group.setter
@@ -225,7 +221,7 @@ class Archive:
             return self._arrays[name].async_array
         array = await self.group._async_group.getitem(name)
         if self._arrays is not None:
-            self._arrays[name] = zarr.Array(array)
+            self._arrays[name] = _zarr().Array(array)
         return array
 
     def _read_bytes(self, name: str, start: int, length: int) -> bytes:
@@ -255,6 +251,8 @@ class Archive:
         readers = [self._reader(name) for name in names]
         if None in readers:
             _ = self.group  # opened (lazily) here, not from inside zarr's event loop
+            from zarr.core.sync import sync
+
             return sync(self._alookup(item_id, key, pending, with_data))
         readers = dict(zip(names, readers))
         candidates = []
@@ -416,6 +414,8 @@ class Archive:
     def codec(self, **options):
         """The codec that wrote this archive, found from its provenance; never a different model."""
         if self._codec is None:
+            from latentzip.codecs.hyperprior import CodecConfig
+
             options.setdefault("entropy_params", CodecConfig.from_dict(self.meta["codec"]).entropy_params)
             codec = load_codec(self.meta["model_ref"], **options)
             if getattr(codec, "model_id", b"").hex() != self.model_id:
@@ -431,8 +431,31 @@ class Archive:
         return self.codec().decode(self.item(item_id).data)
 
 
+def _zarr():
+    """zarr, imported when first needed: a one-id lookup in a local archive reads its files directly, and
+    ``import latentzip.api`` should not pay for zarr's import."""
+    import zarr
+
+    return zarr
+
+
 def open_archive(path: str | Path) -> Archive:
     return Archive(path)
+
+
+def check_archive_location(path: str | Path) -> None:
+    """Raise ArchiveError unless a local ``path`` is an archive, or a place where one can be created (a new
+    or empty folder in a writable folder). URLs are left to the first write."""
+    path = location(path)
+    if not isinstance(path, Path):
+        return
+    if path.exists() and not path.is_dir():
+        raise ArchiveError(f"archive {path} exists and is not a folder")
+    if path.is_dir() and not (path / "zarr.json").is_file() and any(path.iterdir()):
+        raise ArchiveError(f"archive {path} is a folder that is not empty and not a Zarr archive")
+    parent = next((p for p in (path, *path.parents) if p.exists()), None)
+    if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK)):
+        raise ArchiveError(f"archive {path} cannot be written: {parent} is not a writable folder")
 
 
 def location(path: str | Path) -> str | Path:
@@ -619,8 +642,9 @@ class ArchiveWriter(Archive):
         writer = cls(path, mode="r+")
         if writer.model_id != codec_card["model_id"]:
             raise ArchiveError(
-                f"{path} holds images encoded by model {writer.model_id}; refusing to add images "
-                f"encoded by model {codec_card['model_id']} (use a new archive)"
+                f"{path} was written by model {writer.meta.get('model_ref')!r}, not by {str(model_ref)!r}: "
+                f"refusing to add its images (encode into a new archive, or use --model "
+                f"{writer.meta.get('model_ref')}); model ids {writer.model_id} and {codec_card['model_id']}"
             )
         if isinstance(path, Path):  # object storage: no lock (see the module docstring)
             _lock(path)
@@ -811,6 +835,8 @@ class ArchiveWriter(Archive):
 
 def _compressors(compress: bool = True):
     # crc32c inside each chunk's codecs: zarr's sharding codec checksums only its shard index by default.
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     return [ZstdCodec(level=3), Crc32cCodec()] if compress else [Crc32cCodec()]
 
 
@@ -820,7 +846,7 @@ def _shard(array) -> int:
 
 
 def _create(path: str | Path, codec_card: dict, model_ref: str) -> None:
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group = _zarr().open_group(str(path), mode="w-", zarr_format=3)
     for name, (chunk, shard) in _BYTE_ARRAYS.items():
         group.create_array(name, shape=(0,), dtype="uint8", chunks=(chunk,), shards=(shard,),
                            compressors=_compressors(name not in _UNCOMPRESSED), fill_value=0)

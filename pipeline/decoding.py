@@ -25,16 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import ray
 from PIL import Image
 
 from latentzip.pipeline.archive import open_archive
-from latentzip.pipeline.raycluster import cluster_cpus
 
 FORMATS = ("png", "parquet")
-PARQUET_SCHEMA = pa.schema([("id", pa.string()), ("png", pa.binary()), ("width", pa.int32()), ("height", pa.int32())])
+#: Up to this many ids decode in this process; more go to Ray. On the 2-core development machine, starting
+#: an embedded Ray and its decoder actor cost about 90 s, and one ~0.3-megapixel image about 4.5 s
+#: (`decode --id A --id B` 127 s against 31 s for one id, issue 18): Ray pays from about 20 images, and
+#: only where it has more cores than this process (docs/benchmarks.md, cold start).
+RAY_MIN_IDS = 24
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("png", pa.binary()), ("width", pa.int32()), ("height", pa.int32())])
 
 
 class DecodeError(Exception):
@@ -134,8 +140,8 @@ class DecodeStage:
     """Ray Data callable class: a batch of ids -> PNG files, or PNG bytes when ``out_dir`` is None (one
     archive and codec opened per actor)."""
 
-    def __init__(self, archive: str, out_dir: str | None):
-        self.archive = open_archive(archive)
+    def __init__(self, archive, out_dir: str | None):
+        self.archive = _archive(archive)
         self.out_dir = None if out_dir is None else Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -172,35 +178,38 @@ class DecodeSummary:
 
 def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None = None,
                    batch_size: int = 8, concurrency: int | None = None, progress=print, *,
-                   positions: slice | None = None, format: str = "png") -> DecodeSummary:
-    """Regenerate ``ids`` (or ``positions``; default: all) of an archive in parallel on Ray: PNG files in the
-    folder ``out``, or (``format="parquet"``) one Parquet shard of PNG bytes at the file ``out``."""
+                   positions: slice | None = None, format: str = "png", use_ray: bool | None = None,
+                   address: str | None = None) -> DecodeSummary:
+    """Regenerate ``ids`` (or ``positions``; default: all) of an archive: PNG files in the folder ``out``,
+    or (``format="parquet"``) one Parquet shard of PNG bytes at the file ``out``.
+
+    Everything is checked before any decoding (the ids, the output location, the archive's model), and the
+    work goes to Ray (started with ``address`` unless initialised) only when ``use_ray`` says so, by default
+    when more than :data:`RAY_MIN_IDS` ids are left to decode; fewer decode in this process."""
     if format not in FORMATS:
         raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
     started = time.perf_counter()
     out = Path(out)
-    reader = open_archive(archive)
+    check_output(out, format)
+    reader = _archive(archive)
     wanted = select_ids(reader, ids, positions)
     todo = wanted if format == "parquet" else [i for i in wanted if not output_path(out, i).exists()]
     decoded, failures = 0, {}
     writer = None
     if todo:
         archive_codec(reader, todo[0], f"{len(todo)} ids (first {todo[0]!r})")  # fail before any work, not per id
-        ds = ray.data.from_items([{"id": i} for i in todo], override_num_blocks=max(1, len(todo) // batch_size))
-        ds = ds.map_batches(
-            DecodeStage,
-            fn_constructor_kwargs={"archive": str(archive), "out_dir": None if format == "parquet" else str(out)},
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=concurrency or max(1, min(cluster_cpus() - 1, len(todo)))),
-            num_cpus=1,
-        )
+        on_ray = len(todo) > RAY_MIN_IDS if use_ray is None else use_ray
+        batches = (_ray_batches(str(reader.path), todo, out, format, batch_size, concurrency, address) if on_ray
+                   else _local_batches(reader, todo, out, format, batch_size))
         tmp = out.with_name(f".{out.name}.tmp")
         if format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             out.parent.mkdir(parents=True, exist_ok=True)
-            writer = pq.ParquetWriter(tmp, PARQUET_SCHEMA)
+            writer = pq.ParquetWriter(tmp, parquet_schema())
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in batches:
                 ok = [i for i, error in enumerate(batch["error"]) if not error]
                 failures.update({str(batch["id"][i]): str(e) for i, e in enumerate(batch["error"]) if e})
                 decoded += len(ok)
@@ -208,7 +217,7 @@ def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None =
                     writer.write_table(pa.table({"id": [str(batch["id"][i]) for i in ok],
                                                  "png": [bytes(batch["png"][i]) for i in ok],
                                                  "width": batch["width"][ok], "height": batch["height"][ok]},
-                                                schema=PARQUET_SCHEMA))
+                                                schema=parquet_schema()))
                 if progress:
                     progress(f"decode: {decoded + len(failures)}/{len(todo)} images, {len(failures)} failed")
         finally:
@@ -219,8 +228,50 @@ def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None =
     return DecodeSummary(str(out), decoded, len(wanted) - len(todo), failures, time.perf_counter() - started)
 
 
+def check_output(out: Path, format: str) -> None:
+    """Refuse an output location that cannot be written, before any work: a folder (PNG) that is a file, a
+    Parquet file that is a folder, or a parent that is a file."""
+    if format == "png" and out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder (PNG output is a folder of <id>.png files)")
+    if format == "parquet" and out.is_dir():
+        raise ValueError(f"output {out} is a folder; --format parquet writes one file")
+    parent = next((p for p in (out if format == "png" else out.parent, *out.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"output {out} cannot be created: {parent} is a file")
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise ValueError(f"output {out} cannot be created: {parent} is not writable")
+
+
+def _local_batches(reader, todo: list[str], out: Path, format: str, batch_size: int):
+    """The stage's result batches, computed in this process (what Ray's actors would return)."""
+    stage = DecodeStage(reader, None if format == "parquet" else str(out))
+    for start in range(0, len(todo), batch_size):
+        yield stage({"id": np.array(todo[start : start + batch_size], dtype=object)})
+
+
+def _ray_batches(archive: str, todo: list[str], out: Path, format: str, batch_size: int,
+                 concurrency: int | None, address: str | None):
+    import ray
+
+    from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
+
+    ensure_ray(address=address)
+    ds = ray.data.from_items([{"id": i} for i in todo], override_num_blocks=max(1, len(todo) // batch_size))
+    ds = ds.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={"archive": archive, "out_dir": None if format == "parquet" else str(out)},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency or max(1, min(cluster_cpus() - 1, len(todo)))),
+        num_cpus=1,
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
 def read_parquet_images(path: str | Path) -> dict[str, np.ndarray]:
     """id -> decoded pixels of a Parquet shard written by :func:`decode_archive` (``format="parquet"``)."""
+    import pyarrow.parquet as pq
+
     table = pq.read_table(path)
     return {item_id: np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
             for item_id, png in zip(table.column("id").to_pylist(), table.column("png").to_pylist())}

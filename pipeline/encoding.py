@@ -28,13 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 from latentzip.codecs.images import UnsupportedImageError, load_image
-from latentzip.codecs.registry import load_codec, load_learned_codec
+from latentzip.codecs.registry import check_codec_name, load_codec, load_learned_codec
 from latentzip.pipeline import storage
-from latentzip.pipeline.archive import ArchiveWriter, Failure, Item
-from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
+from latentzip.pipeline.archive import ArchiveWriter, Failure, Item, check_archive_location
 from latentzip.pipeline.shards import is_shards, shard_paths
 from PIL import Image
 
@@ -283,7 +281,7 @@ class _UnitWriter:
 
 def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: int = 16,
            concurrency: int | None = None, precision: str = "fp32", files_per_unit: int = FILES_PER_UNIT,
-           progress=print, refine_steps: int = 0) -> EncodeSummary:
+           progress=print, refine_steps: int = 0, address: str | None = None) -> EncodeSummary:
     """Encode every image of ``inputs`` (an ingest folder, a shard file, or a folder of images) into
     ``archive`` with the codec.
 
@@ -292,12 +290,20 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     bf16 autocast (see :func:`fast_analysis`); ``files_per_unit``: files per unit of work of an image
     folder (see :func:`list_units`); ``refine_steps`` > 0 refines each image's latents before coding
     (codecs/refine.py: smaller streams for the same decoder, many times the encode time).
+
+    Everything is checked here, in the driver, before Ray is used: the options, the inputs, the model's
+    name, the archive's location and that it was written by this model. Ray (joined at ``address``, or an
+    embedded one, unless already initialised) starts only when there are images to encode.
     """
     started = time.perf_counter()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if refine_steps < 0:
         raise ValueError(f"refine_steps must not be negative, got {refine_steps}")
+    if batch_size < 1 or (concurrency is not None and concurrency < 1):
+        raise ValueError(f"batch size and concurrency must be at least 1, got {batch_size} and {concurrency}")
+    check_codec_name(model_ref)
+    check_archive_location(archive)
     all_units, kind = list_units(inputs, files_per_unit)
     codec = load_learned_codec(model_ref, "encode")
     writer = ArchiveWriter.open_or_create(archive, codec.card, model_ref)
@@ -323,6 +329,11 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     todo = [u for u in todo if u.rows]
     total = sum(u.rows for u in todo)
     if todo:
+        import ray
+
+        from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus, ensure_ray
+
+        ensure_ray(address=address)
         gpus, cpus = cluster_gpus(), cluster_cpus()
         # One CPU stays free for Ray Data's own tasks: an actor pool holding every CPU starves them.
         actors = concurrency or max(1, min(len(todo), gpus or cpus - 1))

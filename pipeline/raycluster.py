@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 
-import ray
-
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Initialise Ray unless it already is. ``num_cpus`` only applies to a new embedded cluster."""
+    import ray  # here, not at the top: importing ray costs seconds that commands without Ray need not pay
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -26,8 +26,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def cluster_cpus() -> int:
+    import ray
+
     return int(ray.cluster_resources().get("CPU", 1))
 
 
 def cluster_gpus() -> int:
+    import ray
+
     return int(ray.cluster_resources().get("GPU", 0))

@@ -15,16 +15,17 @@ import shutil
 import time
 from pathlib import Path
 
-from latentzip.codecs.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_card
-from latentzip.codecs.learned import LearnedCodec
-from latentzip.codecs.metrics import ms_ssim, psnr_db
+from latentzip.codecs.card import CONFIG_FILE, WEIGHTS_FILE, read_card
 from latentzip.codecs.registry import ZOO_DIR, zoo_models
 
 CARD_FILE = "MODEL_CARD.md"
 
 
-def validate(codec: LearnedCodec, images: list[tuple[str, object]]) -> dict:
-    """Real rate–distortion of ``codec`` on ``(id, PIL image)`` pairs: means over images, and per image."""
+def validate(codec, images: list[tuple[str, object]]) -> dict:
+    """Real rate–distortion of ``codec`` (a LearnedCodec) on ``(id, PIL image)`` pairs: means over images,
+    and per image."""
+    from latentzip.codecs.metrics import ms_ssim, psnr_db
+
     rows = []
     for name, image in images:
         started = time.perf_counter()
@@ -41,7 +42,11 @@ def validate(codec: LearnedCodec, images: list[tuple[str, object]]) -> dict:
 def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], val_source: str,
         zoo_dir: str | Path = ZOO_DIR, history: str | None = None) -> Path:
     """Copy a trained codec into the zoo as ``name`` with its validation RD in the card. ``history``: how it
-    was trained, in words, for a codec whose card has no record of its runs (``card["runs"]``)."""
+    was trained, in words, for a codec whose card has no record of its runs (``card["runs"]``). The card
+    gets the integer prior's plan, derived afresh from the weights (checkpoint.integer_prior_entry)."""
+    from latentzip.codecs.checkpoint import PRIOR_KEY, integer_prior_entry
+    from latentzip.codecs.learned import LearnedCodec
+
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad zoo name {name!r}")
     codec_dir = Path(codec_dir)
@@ -54,6 +59,10 @@ def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], 
     card["validation"] = {"source": val_source, "entropy_params": codec.config.entropy_params,
                           **{k: v for k, v in result.items() if k != "per_image"},
                           "per_image": result["per_image"]}
+    document = {key: value for key, value in document.items() if key != PRIOR_KEY}
+    prior = integer_prior_entry(codec.model)
+    if prior is not None:
+        document[PRIOR_KEY] = prior
     target = Path(zoo_dir) / name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(codec_dir / WEIGHTS_FILE, target / WEIGHTS_FILE)

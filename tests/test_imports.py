@@ -21,7 +21,7 @@ CODECS_MODULES = {"bitstream", "checkpoint", "classical", "hyperprior", "images"
 def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONSAFEPATH")}
     result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=900)  # a hang guard, generous for a loaded machine
     assert result.returncode == 0, result.stderr
     return result
 
@@ -69,5 +69,40 @@ def test_bare_latentzip_import_is_cheap(tmp_path):
     code = (
         "import json, sys, latentzip\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'zarr'))))\n"
+    )
+    assert json.loads(_run(code, tmp_path).stdout) == []
+
+
+#: Modules a codec never needs: CompressAI's datasets (point clouds, torch_geometric: seconds to import) and
+#: Ray (jobs start it when they need it).
+UNNEEDED = ("compressai.datasets", "torch_geometric", "ray")
+
+
+def _loaded(prefixes=UNNEEDED) -> str:
+    return (f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {prefixes!r} "
+            f"or m.startswith({prefixes!r}))))\n")
+
+
+def test_loading_and_using_a_codec_imports_neither_compressai_datasets_nor_ray(tmp_path):
+    code = (
+        "import json, sys\n"
+        "from PIL import Image\n"
+        "from latentzip.api import load_codec, open_archive\n"
+        "codec = load_codec('mean-scale-q5')\n"
+        "assert codec.decode(codec.encode(Image.new('RGB', (64, 64), 'gray'))).size == (64, 64)\n"
+        + _loaded()
+    )
+    assert json.loads(_run(code, tmp_path).stdout) == []
+
+
+def test_zoo_listing_and_help_import_no_torch(tmp_path):
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from latentzip.jobs import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert cli.main(['zoo']) == 0 and cli.main(['zoo', 'show', 'mean-scale-q3']) == 0\n"
+        "    assert cli.main(['--help']) == 0\n"
+        "assert 'mean-scale-q3' in out.getvalue()\n"
+        + _loaded(("torch", "torch_geometric", "ray", "zarr"))  # compressai: at most its deferred packages
     )
     assert json.loads(_run(code, tmp_path).stdout) == []

@@ -175,17 +175,18 @@ def test_submit_encode_then_a_failing_job(cluster, cache_dir, tiny_codec_dir, sa
     assert sorted(opened.ids) == ["p0.png", "p1.png", "p2.png"]
     assert opened.decode("p1.png").size == sample_images[1].size
 
-    result = run_cli(["submit", "--address", cluster["url"], "encode", str(shards), "--model", str(tiny_codec_dir),
-                      "--archive", str(archive), "--batch-size", "not-a-number"], cluster["token"], cache_dir)
+    missing = tmp_path / "no-such-shards"  # well-formed arguments, so the job is submitted and fails there
+    result = run_cli(["submit", "--address", cluster["url"], "encode", str(missing), "--model", str(tiny_codec_dir),
+                      "--archive", str(archive)], cluster["token"], cache_dir)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "invalid int value: 'not-a-number'" in result.stdout  # the job's own error, streamed
+    assert f"input {missing} does not exist" in result.stdout  # the job's own error, streamed
     job_id = result.stderr.split("submitted ", 1)[1].split()[0]
     with_token(cluster["token"])
     assert jobs.main(["--address", cluster["url"], "status", job_id]) == 1
     assert "FAILED" in capsys.readouterr().out
-    assert jobs.main(["--address", cluster["url"], "logs", job_id]) == 0
-    assert "invalid int value" in capsys.readouterr().out
-    assert jobs.main(["--address", cluster["url"], "list"]) == 0
+    assert jobs.main(["logs", job_id, "--address", cluster["url"]]) == 0  # options after the action too
+    assert "does not exist" in capsys.readouterr().out
+    assert jobs.main(["list", "--address", cluster["url"]]) == 0
     listed = capsys.readouterr().out
     assert job_id in listed and "SUCCEEDED" in listed
     assert jobs.main(["--address", cluster["url"], "stop", job_id]) == 0
@@ -204,3 +205,15 @@ def test_wrong_address_and_tokens_have_their_own_exit_codes(cluster, cache_dir, 
     # No token anywhere (a fresh process, a HOME without ~/.ray/auth_token).
     missing = run_cli(["submit", "--address", cluster["url"], "verify", "/nowhere"], None, cache_dir, home=tmp_path)
     assert missing.returncode == 5 and "none was found" in missing.stderr
+
+
+def test_submit_checks_the_jobs_arguments_before_contacting_the_cluster(cache_dir, tiny_codec_dir, tmp_path):
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: reaching it would exit 4
+    bad_option = run_cli(["submit", "--address", nobody, "encode", str(tmp_path), "--model", str(tiny_codec_dir),
+                          "--archive", str(tmp_path / "a.zarr"), "--batch-size", "not-a-number"], None, cache_dir)
+    assert bad_option.returncode == 2 and "invalid int value: 'not-a-number'" in bad_option.stderr
+    assert "latentzip encode" in bad_option.stderr  # the job's own usage
+    relative = run_cli(["submit", "--address", nobody, "encode", "shards/", "--model", "mean-scale-q3",
+                        "--archive", str(tmp_path / "a.zarr")], None, cache_dir)
+    assert relative.returncode == 2, relative.stderr
+    assert "relative path(s) 'shards/'" in relative.stderr and str((Path.cwd() / "shards").resolve()) in relative.stderr

@@ -24,6 +24,7 @@ def test_add_writes_validation_rd_and_keeps_the_model_id(tiny_codec_dir, sample_
     target = zoo.add(tiny_codec_dir, "tiny-q1", images, "samples", zoo_dir=tmp_zoo, history="two runs of 5 steps")
     document = read_card(target)
     assert document["model_id"] == read_card(tiny_codec_dir)["model_id"]
+    assert document["integer_prior"]["model_id"] == document["model_id"]  # the plan, keyed by this model
     validation = document["card"]["validation"]
     assert validation["images"] == 3 and len(validation["per_image"]) == 3
     codec = load_codec("tiny-q1")

@@ -1,0 +1,44 @@
+"""The argument parser every ``latentzip`` command uses: argparse, plus "did you mean" for mistyped options
+and subcommands.
+
+Plain argparse checks required options before it reports unknown ones, so ``encode --modle X`` says
+"the following arguments are required: --model"; this parser names the unknown option first, with the
+closest known ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from latentzip.codecs.registry import did_you_mean as suggestion
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that names mistyped long options and subcommands with suggestions."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None:
+            self._check_options(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _check_options(self, args: list[str]) -> None:
+        commands = {name for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                    for name in action.choices}
+        takes_rest = any(action.nargs in (argparse.REMAINDER, argparse.PARSER) for action in self._actions
+                         if not action.option_strings)
+        known = [option for option in self._option_string_actions if option.startswith("--")]
+        for token in args:
+            if token == "--" or token in commands or (takes_rest and not token.startswith("-")):
+                return  # the rest belongs to a subcommand (or is passed through)
+            if not token.startswith("--"):
+                continue
+            name = token.split("=", 1)[0]
+            if not any(option.startswith(name) for option in known):  # argparse accepts unique prefixes
+                self.error(f"unrecognized option {name}{suggestion(name, known)}")
+
+    def error(self, message: str):
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            message += suggestion(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        super().error(message)
