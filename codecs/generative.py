@@ -170,14 +170,7 @@ def _analysis_transforms(model: ScaleHyperprior, image: Image.Image,
     """``y = g_a(x)`` and ``z = h_a(y)`` of one image, padded as ``LearnedCodec`` pads it, and refined as
     ``compress`` refines them when ``refinement`` is given."""
     x = pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(model._device())
-    y = model.g_a(x).float()
-    z = model.h_a(model._hyper_input(y))
-    if refinement is not None:
-        from latentzip.codecs.refine import refine_latents
-
-        with torch.enable_grad():
-            y, z = refine_latents(model, x, y, z, refinement, [(image.height, image.width)])
-    return y, z
+    return model.latents(x, refinement, [(image.height, image.width)])
 
 
 # -- rates -----------------------------------------------------------------------------------------------

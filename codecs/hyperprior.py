@@ -194,12 +194,10 @@ class ScaleHyperprior(CompressionModel):
         return self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None) -> dict:
-        """Entropy-code a batch. Returns ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``.
-
-        ``refinement``: a :class:`~latentzip.codecs.refine.Refinement` that improves ``y`` and ``z`` of each
-        image before they are quantised (``sizes``: the images' true sizes inside the padded batch). The
-        coding below is the same either way."""
+    def latents(self, x: torch.Tensor, refinement=None,
+                sizes: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y = g_a(x)`` and ``z = h_a(y)`` of a padded batch, refined when ``refinement`` asks for steps
+        (codecs/refine.py; ``sizes``: the images' true sizes): what :meth:`compress` quantises and codes."""
         y = self.g_a(x).float()
         z = self.h_a(self._hyper_input(y))
         if refinement is not None and refinement.steps > 0:
@@ -207,6 +205,16 @@ class ScaleHyperprior(CompressionModel):
 
             with torch.enable_grad():
                 y, z = refine_latents(self, x, y, z, refinement, sizes)
+        return y, z
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None) -> dict:
+        """Entropy-code a batch. Returns ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``.
+
+        ``refinement``: a :class:`~latentzip.codecs.refine.Refinement` that improves ``y`` and ``z`` of each
+        image before they are quantised (``sizes``: the images' true sizes inside the padded batch). The
+        coding below is the same either way."""
+        y, z = self.latents(x, refinement, sizes)
         z_symbols = self.entropy_bottleneck.quantize(z, "symbols", self._z_medians())
         z_strings = encode_symbols(self.entropy_bottleneck, z_symbols, EntropyBottleneck._build_indexes(z.size()))
         indexes, means_hat = self._entropy_params(z_symbols)

@@ -437,7 +437,6 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
     on_the_fly = specs[len(readers):]
     specs = specs[:len(readers)] + [replace(s, name=s.name if n == 0 else f"{s.name}+refine{n}", refine_steps=n)
                                     for n in settings for s in on_the_fly]
-    models = [None] * (len(specs) - len(readers))
     if not specs and not plan:
         raise ValueError("nothing to measure: give a learned model (archive or model) or a classical codec")
     in_originals = original_ids(originals)
@@ -449,7 +448,7 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
         progress(f"report: {len(in_originals) - len(wanted)} originals are missing from an archive and are left "
                  f"out, so every codec is measured on the same images")
     use_ray = use_ray and ray.is_initialized()
-    sources = list(zip(specs, readers + [None] * len(models)))
+    sources = list(zip(specs, readers + [None] * (len(specs) - len(readers))))
     jobs = ((item_id, data, [(spec, None if r is None else r.item(item_id)) for spec, r in sources], plan)
             for item_id, data in iter_originals(originals, set(wanted)))
     rows, errors = _measure(jobs, len(wanted), use_ray, progress, "first pass")
