@@ -214,12 +214,17 @@ def own_cluster():
     """A head (no CPU, so every encoder actor lands on a worker) and two 1-CPU worker nodes of this test's
     own, replacing the session's Ray for the test; the session's 2-CPU local Ray is started again afterwards
     if one was running."""
+    import os
+
     import ray
     from ray.cluster_utils import Cluster
+
+    from latentzip.pipeline.raycluster import PINNED, start_pinned
 
     was_running = ray.is_initialized()
     if was_running:
         ray.shutdown()
+    saved = {name: os.environ.pop(name, None) for name in ("RAY_ADDRESS", PINNED)}  # the session's pin
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -230,7 +235,9 @@ def own_cluster():
         ray.shutdown()
         cluster.shutdown()
         if was_running:
-            ray.init(num_cpus=2, include_dashboard=False)
+            start_pinned(num_cpus=2, include_dashboard=False)
+        else:
+            os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
 def test_killed_node_leaves_every_image_exactly_once(own_cluster, tmp_path, sample_images, tiny_codec_dir):
