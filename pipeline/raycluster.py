@@ -13,8 +13,10 @@ on one host cannot touch each other's placement groups. A ``RAY_ADDRESS`` set by
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 
 #: Set beside RAY_ADDRESS by an embedded start: the address it pinned (so it is not read as the user's).
 PINNED = "LATENTZIP_EMBEDDED_RAY"
@@ -26,18 +28,47 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    quiet_ray()
     chosen = os.environ.get("RAY_ADDRESS")
     if chosen and chosen == os.environ.get(PINNED):
         chosen = None  # pinned by an embedded start (this process's or a parent's), not by the user
     address = address or chosen or None
     # The dashboard (on 127.0.0.1) stays on: Ray Train's controller queries its state API.
-    kwargs = {"log_to_driver": True}
+    kwargs = {"log_to_driver": True, "logging_level": logging.INFO if verbose() else logging.WARNING}
     if address is None:
         if num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         start_pinned(**kwargs)
     else:
         ray.init(address=address, **kwargs)
+
+
+def verbose() -> bool:
+    """``latentzip --verbose`` (or LATENTZIP_VERBOSE=1): Ray's own progress and known-harmless warnings shown."""
+    return os.environ.get("LATENTZIP_VERBOSE", "") not in ("", "0")
+
+
+#: Loggers whose messages are known-harmless on every run (the token-auth notice of a local cluster).
+HARMLESS = ("ray._private.authentication.authentication_token_setup",)
+
+
+def quiet_ray() -> None:
+    """Before Ray starts: no ANSI colour codes when the output is not a terminal, and unless verbose()
+    neither Ray Data's progress logs and notices (latentzip prints its own per-unit progress) nor the
+    known-harmless token-auth notice of a local cluster. Errors still raise as exceptions. (The C++ core
+    worker's "constructor arguments in the object store and max_restarts > 0" line of every Ray Data actor
+    pool stays: hiding it takes RAY_BACKEND_LOG_LEVEL, which prints a line of its own from every process.)"""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        import colorama
+
+        colorama.init(strip=True, convert=False)  # Ray colours "[repeated Nx]" regardless of the terminal
+    if verbose():
+        return
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # Ray Data sets its logger's level from this (console and file)
+    for name in HARMLESS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def start_pinned(**init_kwargs) -> str:

@@ -66,3 +66,46 @@ def test_two_embedded_training_jobs_side_by_side(tmp_path):
         assert job.returncode == 0, output[-3000:]
     for name in ("a", "b"):
         assert (tmp_path / name / "codec" / "codec.json").is_file()
+
+
+QUIET_PROBE = """
+import ray
+from latentzip.pipeline.raycluster import ensure_ray
+
+ensure_ray(num_cpus=2)
+
+class Double:
+    def __call__(self, batch):
+        print("from the actor")
+        return {"x": batch["x"] * 2}
+
+rows = ray.data.range(4).map_batches(lambda b: {"x": b["id"]}).map_batches(
+    Double, compute=ray.data.ActorPoolStrategy(size=1), batch_size=2).take_all()
+print("rows", sorted(r["x"] for r in rows))
+"""
+
+
+def _probe_output(**env) -> str:
+    result = subprocess.run([sys.executable, "-c", QUIET_PROBE], capture_output=True, text=True, timeout=300,
+                            env={**_clean_env(), **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_redirected_output_is_quiet_and_uncoloured_unless_verbose():
+    quiet = _probe_output()
+    assert "rows [0, 2, 4, 6]" in quiet and "from the actor" in quiet  # the job's own output stays
+    assert "\x1b[" not in quiet  # no ANSI colour codes: the output is not a terminal
+    for noise in ("Token authentication is enabled", "Started a local Ray instance", "Running Dataset",
+                  "Starting execution of Dataset", "execution finished"):
+        assert noise not in quiet, noise
+    verbose = _probe_output(LATENTZIP_VERBOSE="1")
+    assert "Started a local Ray instance" in verbose and "execution finished" in verbose
+
+
+def test_verbose_is_taken_anywhere_on_the_command_line(monkeypatch, capsys):
+    from latentzip.jobs import cli
+
+    monkeypatch.delenv("LATENTZIP_VERBOSE", raising=False)
+    assert cli.main(["zoo", "--verbose"]) == 0
+    assert os.environ["LATENTZIP_VERBOSE"] == "1" and "mean-scale-q5" in capsys.readouterr().out
