@@ -190,6 +190,12 @@ def _open(data: bytes) -> tuple[Image.Image | None, str, str]:
         return None, "", f"not a readable image: {type(exc).__name__}: {exc}"
 
 
+def bpp_text(mean_bpp: float, total_bpp: float) -> str:
+    """The two bpp of a set of images, each labelled: the mean over images (report's and model cards'
+    figure) and the pixel-weighted total (all bytes / all pixels)."""
+    return f"{mean_bpp:.4f} bpp mean over images ({total_bpp:.4f} bpp all bytes / all pixels)"
+
+
 @dataclass
 class EncodeSummary:
     archive: str
@@ -204,10 +210,17 @@ class EncodeSummary:
     skipped_units: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     unit_kind: str = "shards"
+    bpp_sum: float = 0.0  # the sum over images of each image's bpp (mean_bpp divides it by images)
 
     @property
     def bpp(self) -> float:
+        """Pixel-weighted: all bytes x 8 / all pixels (large images weigh more)."""
         return self.num_bytes * 8 / self.pixels if self.pixels else float("nan")
+
+    @property
+    def mean_bpp(self) -> float:
+        """The mean over images of each image's bpp: what report, bench rd and model cards print."""
+        return self.bpp_sum / self.images if self.images else float("nan")
 
     @property
     def images_per_s(self) -> float:
@@ -220,7 +233,7 @@ class EncodeSummary:
         text = (f"encoded {self.images} images from {self.units} {self.unit_kind} ({self.skipped_units} "
                 f"{self.unit_kind}, "
                 f"{self.skipped} images, already in the archive; {self.failures} failed) into {self.archive}: "
-                f"{self.num_bytes} bytes, {self.bpp:.4f} bpp, {self.images_per_s:.2f} images/s")
+                f"{self.num_bytes} bytes, {bpp_text(self.mean_bpp, self.bpp)}, {self.images_per_s:.2f} images/s")
         if self.reasons:
             text += "\nfailures by reason (the archive's errors table has each id):\n" + "\n".join(
                 f"  {count:6d}  {reason}" for reason, count in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
@@ -240,6 +253,7 @@ class _UnitWriter:
         self.written: set[str] = set()
         self.new_ids: dict[str, str] = {}  # id -> unit, for ids written by this job
         self.images = self.failures = self.num_bytes = self.pixels = 0
+        self.bpp_sum = 0.0
         self.reasons: Counter = Counter()
 
     def add(self, batch: dict[str, np.ndarray]) -> list[str]:
@@ -276,6 +290,7 @@ class _UnitWriter:
         self.failures += len(failures)
         self.num_bytes += sum(len(item.data) for item in items)
         self.pixels += sum(item.height * item.width for item in items)
+        self.bpp_sum += sum(len(item.data) * 8 / (item.height * item.width) for item in items)
         self.reasons.update(_reason_kind(f.reason) for f in failures)
 
 
@@ -359,14 +374,14 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
                 done = units.images + units.failures
                 progress(f"encode: {len(units.written)}/{len(todo)} {kind}, {done}/{total} images, "
                          f"{units.failures} failed, {units.images / elapsed:.2f} images/s, "
-                         f"{units.num_bytes * 8 / max(units.pixels, 1):.4f} bpp")
+                         f"{bpp_text(units.bpp_sum / max(units.images, 1), units.num_bytes * 8 / max(units.pixels, 1))}")
         missing = [u.name for u in todo if u.name not in units.written]
         if missing:  # Ray Data finished without every unit: never report success for that
             raise RuntimeError(f"encode job {job_id} ended without results for {kind} {missing}")
     new_units = len(all_units) - sum(u.name in completed for u in all_units)
     summary = EncodeSummary(str(archive), job_id, units.images, skipped, units.failures, units.num_bytes,
                             units.pixels, time.perf_counter() - started, new_units,
-                            len(all_units) - new_units, dict(units.reasons), kind)
+                            len(all_units) - new_units, dict(units.reasons), kind, units.bpp_sum)
     record = {k: v for k, v in asdict(summary).items() if k not in ("archive", "job_id")}
     writer.finish_job(record, job_id)
     return summary

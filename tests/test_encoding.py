@@ -350,3 +350,13 @@ def test_bad_inputs_are_encoded_by_policy_or_explained(ray_local, tmp_path, samp
         assert reason in errors[item_id], (item_id, errors[item_id])
     assert errors["dup.jpg"].startswith("duplicate id: already encoded from")
     assert verify.main([str(archive_path), "--decode-sample", "3"]) == 0
+
+
+def test_encode_summary_labels_both_bpp():
+    from latentzip.pipeline.encoding import EncodeSummary
+
+    # Two images: 100 bytes over 100x100 (0.08 bpp) and 100 bytes over 10x10 (8 bpp).
+    summary = EncodeSummary("a.zarr", "job", images=2, skipped=0, failures=0, num_bytes=200, pixels=10100,
+                            seconds=1.0, units=1, bpp_sum=0.08 + 8.0)
+    assert summary.mean_bpp == pytest.approx(4.04) and summary.bpp == pytest.approx(1600 / 10100)
+    assert "4.0400 bpp mean over images (0.1584 bpp all bytes / all pixels)" in summary.describe()
