@@ -33,6 +33,7 @@ from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import check_codec_name, load_codec, load_learned_codec
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item, check_archive_location
+from latentzip.pipeline.progress import Progress
 from latentzip.pipeline.shards import is_shards, shard_paths
 from PIL import Image
 
@@ -98,6 +99,13 @@ def fast_analysis(model: torch.nn.Module) -> None:
     g_a.forward = types.MethodType(forward, g_a)
 
 
+def _rows(unit: str, start: int, out: dict[str, list]) -> dict[str, np.ndarray]:
+    """One chunk's result rows as a Ray Data batch: rows ``start``… of ``unit``."""
+    dtypes = {"row": np.int64, "height": np.int64, "width": np.int64}
+    columns = {"unit": [unit] * len(out["id"]), "row": list(range(start, start + len(out["id"]))), **out}
+    return {name: np.array(values, dtype=dtypes.get(name, object)) for name, values in columns.items()}
+
+
 class EncodeStage:
     """Ray Data callable class: a batch of units -> one row per image of those units.
 
@@ -115,24 +123,28 @@ class EncodeStage:
         if precision == "bf16":
             fast_analysis(self.codec.model)
         self.readers = ThreadPoolExecutor(max_workers=max(1, threads or 1))
+        self.chunk = max(1, max_batch)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns: dict[str, list] = {"unit": [], "row": []}
+    def __call__(self, batch: dict[str, np.ndarray]):
+        """Yields the rows of each unit a chunk of ``max_batch`` images at a time, so the driver sees (and
+        counts) images as they are encoded, not only when a whole unit is done."""
         for u, unit in enumerate(batch["unit"]):
             if "files" in batch:
                 ids = str(batch["files"][u]).split("\0")
                 folder = str(batch["folder"][u])
-                read = list(self.readers.map(_read_file, [storage.join(folder, item_id) for item_id in ids]))
-                out = self.encode_rows(ids, [data for data, _ in read], [error for _, error in read])
+                paths = [storage.join(folder, item_id) for item_id in ids]
+                for start in range(0, len(ids), self.chunk):
+                    read = list(self.readers.map(_read_file, paths[start:start + self.chunk]))
+                    out = self.encode_rows(ids[start:start + self.chunk], [data for data, _ in read],
+                                           [error for _, error in read])
+                    yield _rows(str(unit), start, out)
             else:
                 table = storage.read_table(str(unit), columns=["id", "image"])
-                out = self.encode_rows(table.column("id").to_pylist(), table.column("image").to_pylist())
-            columns["unit"] += [str(unit)] * len(out["id"])
-            columns["row"] += list(range(len(out["id"])))
-            for name, values in out.items():
-                columns.setdefault(name, []).extend(values)
-        dtypes = {"row": np.int64, "height": np.int64, "width": np.int64}
-        return {name: np.array(values, dtype=dtypes.get(name, object)) for name, values in columns.items()}
+                ids, images = table.column("id").to_pylist(), table.column("image")
+                for start in range(0, len(ids), self.chunk):
+                    out = self.encode_rows(ids[start:start + self.chunk],
+                                           images.slice(start, self.chunk).to_pylist())
+                    yield _rows(str(unit), start, out)
 
     def encode_rows(self, ids: list[str], blobs: list[bytes], read_errors: list[str] | None = None) -> dict[str, list]:
         """Decode (in parallel threads) and encode; per row: id, data, height, width, mode, error.
@@ -353,7 +365,11 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         # One CPU stays free for Ray Data's own tasks: an actor pool holding every CPU starves them.
         actors = concurrency or max(1, min(len(todo), gpus or cpus - 1))
         threads = 1 if gpus else max(1, cpus // actors)
-        ray.data.DataContext.get_current().max_errored_blocks = 0
+        context = ray.data.DataContext.get_current()
+        context.max_errored_blocks = 0
+        # Every chunk the encode stage yields becomes a block of its own (Ray Data would otherwise gather a
+        # unit's chunks into one block): the driver counts images as they are encoded. Restored below.
+        saved_block_size, context.target_max_block_size = context.target_max_block_size, 1
         rows = [{"unit": u.name} if not u.files else {"unit": u.name, "folder": u.folder, "files": "\0".join(u.files)}
                 for u in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(todo))
@@ -368,13 +384,20 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
             num_gpus=1 if gpus else 0,
             num_cpus=1,
         )
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if units.add(batch) and progress:
+        bar = Progress(total, "encode", progress)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                finished = units.add(batch)
                 elapsed = time.perf_counter() - started
                 done = units.images + units.failures
-                progress(f"encode: {len(units.written)}/{len(todo)} {kind}, {done}/{total} images, "
-                         f"{units.failures} failed, {units.images / elapsed:.2f} images/s, "
-                         f"{bpp_text(units.bpp_sum / max(units.images, 1), units.num_bytes * 8 / max(units.pixels, 1))}")
+                mean_bpp, total_bpp = units.bpp_sum / max(units.images, 1), units.num_bytes * 8 / max(units.pixels, 1)
+                bar.advance(len(batch["id"]), postfix=f"{units.failures} failed, {mean_bpp:.4f} bpp",
+                            line=finished and f"encode: {len(units.written)}/{len(todo)} {kind}, {done}/{total} "
+                                              f"images, {units.failures} failed, {units.images / elapsed:.2f} "
+                                              f"images/s, {bpp_text(mean_bpp, total_bpp)}")
+        finally:
+            bar.close()
+            context.target_max_block_size = saved_block_size
         missing = [u.name for u in todo if u.name not in units.written]
         if missing:  # Ray Data finished without every unit: never report success for that
             raise RuntimeError(f"encode job {job_id} ended without results for {kind} {missing}")

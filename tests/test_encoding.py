@@ -74,14 +74,20 @@ def test_encode_stage_falls_back_to_one_by_one(stage, codec, sample_images, monk
     assert "this one is bad" in out["error"][1] and out["data"][1] == b""
 
 
-def test_encode_stage_takes_whole_shards(stage, tmp_path, sample_images):
+def test_encode_stage_takes_whole_shards(stage, tiny_codec_dir, tmp_path, sample_images):
     rows = [{"id": f"img{i}.png", "image": png_bytes(im), "width": im.width, "height": im.height, "source": "x"}
             for i, im in enumerate(sample_images[:3])]
     shard = tmp_path / "shard-00000.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), shard)
-    out = stage({"unit": np.array([str(shard)], dtype=object)})
-    assert list(out["unit"]) == [str(shard)] * 3 and list(out["row"]) == [0, 1, 2]
-    assert list(out["id"]) == ["img0.png", "img1.png", "img2.png"] and not any(out["error"])
+    out = list(stage({"unit": np.array([str(shard)], dtype=object)}))
+    assert len(out) == 1 and list(out[0]["unit"]) == [str(shard)] * 3 and list(out[0]["row"]) == [0, 1, 2]
+    assert list(out[0]["id"]) == ["img0.png", "img1.png", "img2.png"] and not any(out[0]["error"])
+    # With max_batch 2 the rows come back two at a time (the driver counts images as they are encoded),
+    # numbered within their unit.
+    chunks = list(EncodeStage(str(tiny_codec_dir), threads=1, max_batch=2)({"unit": np.array([str(shard)], dtype=object)}))
+    assert [list(c["row"]) for c in chunks] == [[0, 1], [2]]
+    assert [i for c in chunks for i in c["id"]] == ["img0.png", "img1.png", "img2.png"]
+    assert [bytes(d) for c in chunks for d in c["data"]] == [bytes(d) for d in out[0]["data"]]
 
 
 @pytest.fixture(scope="module")
