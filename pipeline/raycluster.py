@@ -60,9 +60,12 @@ def quiet_ray() -> None:
     pool stays: hiding it takes RAY_BACKEND_LOG_LEVEL, which prints a line of its own from every process.)"""
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-        import colorama
+        # Ray colours "[repeated Nx]" regardless of the terminal: strip colour codes from the process's own
+        # streams (once; not from streams someone else replaced, such as a test runner's capture).
+        if sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__:
+            import colorama
 
-        colorama.init(strip=True, convert=False)  # Ray colours "[repeated Nx]" regardless of the terminal
+            colorama.init(strip=True, convert=False)
     if verbose():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
