@@ -264,7 +264,7 @@ class Archive:
                                             f"{len(segments)}")
         shapes, sources, jobs = self.shapes(), len(self.meta["sources"]), len(self.meta["jobs"])
         for number, seg in enumerate(segments):
-            problem = segment_problem(seg, number, shapes, sources, jobs)
+            problem = segment_problem(seg, number, shapes, sources, jobs, self.meta["count"] + self.meta["failures"])
             if problem is None:
                 try:
                     yield (number, seg, *self._segment_rows(number, seg, sources), None)
@@ -526,10 +526,13 @@ class Archive:
         range against :meth:`shapes` first). Raises what zarr raises for a damaged chunk."""
         return self._read_bytes(name, start, length)
 
-    def index_table(self) -> tuple[np.ndarray, int]:
-        """The whole hash table named by the attributes and its inner chunk size (for ``verify``)."""
+    def index_table(self, limit: int | None = None) -> tuple[np.ndarray, int]:
+        """The whole hash table named by the attributes and its inner chunk size (for ``verify``); at most
+        ``limit`` slots are read (the length a table's metadata claims is not trusted)."""
         array = self.group[self.meta["index"]["array"]]
-        return array[:], int(array.chunks[0])
+        if array.ndim != 2 or array.shape[1] != 2:
+            raise ArchiveCorruptError(f"index array {self.meta['index']['array']!r} has shape {array.shape}, not (N, 2)")
+        return array[: limit], int(array.chunks[0])
 
     def index_entries(self) -> np.ndarray:
         """Every (key, row) pair in the hash table (for ``verify``)."""

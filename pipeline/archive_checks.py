@@ -111,9 +111,11 @@ def meta_problems(meta: dict) -> list[str]:
     return problems
 
 
-def segment_problem(seg, number: int, shapes: dict[str, int], num_sources: int, num_jobs: int) -> str | None:
+def segment_problem(seg, number: int, shapes: dict[str, int], num_sources: int, num_jobs: int,
+                    max_rows: int) -> str | None:
     """What is wrong with segment ``number``'s row of ``segments`` (a list of ints, SEGMENT_COLUMNS order)
-    given the arrays' lengths ``shapes`` (items, ids, bitstreams, reasons)."""
+    given the arrays' lengths ``shapes`` (items, ids, bitstreams, reasons) and the rows the attributes
+    count (``max_rows``: items + failures; a segment claiming more is not read)."""
     (row_start, rows, ids_start, ids_bytes, bytes_start, num_bytes, reasons_start, reasons_bytes,
      images, failures, unit, job) = (int(v) for v in seg)
     if all(int(v) == -1 for v in seg):
@@ -123,6 +125,8 @@ def segment_problem(seg, number: int, shapes: dict[str, int], num_sources: int, 
         return f"negative field in its row of `segments`: {[int(v) for v in seg]}"
     if images + failures != rows:
         return f"says {images} images + {failures} failures but {rows} rows"
+    if rows > max_rows:
+        return f"claims {rows} rows, more than the attributes count in the whole archive ({max_rows})"
     for name, start, length in (("items", row_start, rows), ("ids", ids_start, ids_bytes),
                                 ("bitstreams", bytes_start, num_bytes), ("reasons", reasons_start, reasons_bytes)):
         # An array that cannot be opened is not in ``shapes``: its readers report it, and the segment's

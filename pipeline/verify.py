@@ -175,9 +175,16 @@ def _check_index(archive, rows_of: dict[str, int], unindexed: set[int], report: 
         problem(("<index>", f"attributes say it covers {index['segments']} segments, only "
                             f"{archive.meta['segments']} are committed"))
     entries = defaultdict(set)
+    # A writer keeps the table between 2x and about 8x its entries (at least 4096 slots): a capacity far
+    # beyond that is not read (a forged one could ask for terabytes), it is a finding.
+    plausible = max(1 << 13, 16 * (len(rows_of) + len(unindexed) + 1))
+    if index["capacity"] > plausible:
+        problem(("<index>", f"attribute index.capacity {index['capacity']} is implausible for {len(rows_of)} items "
+                            "(not read)"))
+        return
     if index["capacity"]:
         try:
-            table, chunk = archive.index_table()
+            table, chunk = archive.index_table(limit=plausible)
         except Exception as exc:  # noqa: BLE001
             problem(("<index>", f"index array {index['array']!r} cannot be read: {describe_exception(exc)}"))
             for item_id, row in rows_of.items():

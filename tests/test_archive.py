@@ -49,7 +49,7 @@ def test_plain_zarr_v3_reader_sees_the_layout(tmp_path, codec, tiny_codec_dir):
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["node_type"] == "group"
     meta = root["attributes"]["latentzip"]
-    assert meta["format_version"] == 2 and meta["count"] == 3 and meta["failures"] == 1
+    assert meta["format_version"] == 3 and meta["count"] == 3 and meta["failures"] == 1
     for name in (*ARRAYS, meta["index"]["array"]):
         array_meta = json.loads((path / name / "zarr.json").read_text())
         assert array_meta["zarr_format"] == 3 and array_meta["node_type"] == "array", name
