@@ -16,7 +16,8 @@ decoded in a batch: each is listed with its reason, every other id is decoded, a
 (ids that cannot name a file inside the output folder, such as ../x, an absolute path, x//y.jpg, an empty
 or non-UTF-8 id, or one too long for a file name, are failures of that id); 2 when nothing could start:
 a missing id, a model that is not available, a corrupt item or a stream that does not decode (single id),
-or bad arguments. Errors name the id.
+or bad arguments. Errors name the id. --list exits 3 too when segments or rows of the archive cannot be
+listed (each printed with its reason; the ids that can be are printed).
 """
 
 from __future__ import annotations

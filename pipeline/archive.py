@@ -46,12 +46,9 @@ from latentzip.pipeline.archive_checks import (  # noqa: F401 - the errors are p
     RemoteModelRefusedError,
     describe_exception,
     id_bytes,
-    id_text,
     item_checksum,
     lookup_problem,
     meta_problems,
-    record_problem,
-    segment_problem,
 )
 
 FORMAT = "latentzip-archive"
@@ -142,7 +139,11 @@ class Archive:
         # something needs it (a lookup does not); anything else opens it now.
         attributes = _local_group_attributes(self.path) if mode == "r" and isinstance(self.path, Path) else None
         if attributes is None:
-            self._group = _zarr().open_group(str(self.path), mode=mode)
+            try:
+                self._group = _zarr().open_group(str(self.path), mode=mode)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # JSON or UTF-8 errors of a damaged zarr.json
+                raise ArchiveCorruptError(f"{self.path}: its zarr.json cannot be read as a Zarr v3 group: "
+                                          f"{describe_exception(exc)}") from exc
         self._codec = None
         # Read-only: each array's metadata is read once per object, not on every lookup (a writer's arrays
         # change shape, so it opens them afresh).
@@ -218,19 +219,9 @@ class Archive:
     def listing(self) -> tuple[list[str], dict[str, str]]:
         """(every encoded id whose row is consistent, in commit order; what is wrong elsewhere, by id or by
         ``<segment N>`` / ``<segment N row R>`` where no id can be read). Never raises for damage."""
-        ids, problems = [], {}
-        for number, seg, rows, row_ids, problem in self.scan():
-            if problem is not None:
-                problems[f"<segment {number}>" if number >= 0 else "<archive>"] = problem
-                continue
-            for record, (item_id, row_problem) in zip(rows, row_ids):
-                if row_problem is not None:
-                    problems[item_id] = row_problem
-                elif record[I["status"]] == OK:
-                    ids.append(item_id)
-        if not problems and len(ids) != self.meta["count"]:
-            problems["<archive>"] = f"attribute count is {self.meta['count']}, the segments list {len(ids)} items"
-        return ids, problems
+        from latentzip.pipeline.archive_listing import listing
+
+        return listing(self)
 
     def segments(self) -> np.ndarray:
         """The committed segment records, one row per ``SEGMENT_COLUMNS``."""
@@ -249,47 +240,15 @@ class Archive:
         return out
 
     def scan(self, segments: np.ndarray | None = None):
-        """Each committed segment, checked before anything is read from its fields: (number, its row of
-        ``segments``, its item rows, [(id, problem or None) per row], problem of the whole segment or None).
-        Number -1 is the ``segments`` array itself. Exceptions from zarr or the file system become problems."""
-        empty = np.zeros((0, len(ITEM_COLUMNS)), np.int64)
-        if segments is None:
-            try:
-                segments = self.segments()
-            except Exception as exc:  # noqa: BLE001 - any failure to read is a finding
-                yield -1, None, empty, [], f"`segments` cannot be read: {describe_exception(exc)}"
-                return
-            if len(segments) != self.meta["segments"]:
-                yield -1, None, empty, [], (f"attributes claim {self.meta['segments']} segments, `segments` holds "
-                                            f"{len(segments)}")
-        shapes, sources, jobs = self.shapes(), len(self.meta["sources"]), len(self.meta["jobs"])
-        for number, seg in enumerate(segments):
-            problem = segment_problem(seg, number, shapes, sources, jobs, self.meta["count"] + self.meta["failures"])
-            if problem is None:
-                try:
-                    yield (number, seg, *self._segment_rows(number, seg, sources), None)
-                    continue
-                except Exception as exc:  # noqa: BLE001
-                    problem = f"cannot be read: {describe_exception(exc)}"
-            yield number, seg, empty, [], problem
+        """Each committed segment, checked before anything is read from its fields (see
+        :func:`latentzip.pipeline.archive_listing.scan`)."""
+        from latentzip.pipeline.archive_listing import scan
 
-    def _segment_rows(self, number: int, seg: np.ndarray, sources: int) -> tuple[np.ndarray, list]:
-        start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
-        rows = self._array("items")[start : start + n] if n else np.zeros((0, len(ITEM_COLUMNS)), np.int64)
-        base = int(seg[S["ids_start"]])
-        raw = self._read_bytes("ids", base, int(seg[S["ids_bytes"]]))
-        named = []
-        for offset, record in enumerate(rows):
-            problem = record_problem(record, number, seg, sources, self.version)
-            o, length = int(record[I["id_offset"]]), int(record[I["id_length"]])
-            item_id = None
-            if base <= o and 0 <= length and o + length <= base + len(raw):
-                item_id = id_text(raw[o - base : o - base + length])
-                if int(record[I["key"]]) != id_key(item_id):
-                    problem = problem or f"its key column does not match its id {item_id!r} (a moved or edited row)"
-                    item_id = None  # a row that is not this id's: its problem must not be charged to the id
-            named.append((f"<segment {number} row {start + offset}>" if item_id is None else item_id, problem))
-        return rows, named
+        return scan(self, segments)
+
+    def read_rows(self, start: int, n: int) -> np.ndarray:
+        """Rows ``[start, start + n)`` of ``items`` (callers check the range against :meth:`shapes`)."""
+        return self._array("items")[start : start + n] if n > 0 else np.zeros((0, len(ITEM_COLUMNS)), np.int64)
 
     def _array(self, name: str):
         if self._arrays is None:

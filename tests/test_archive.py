@@ -305,7 +305,7 @@ def test_verify_clean_then_problems_per_id(tmp_path, codec, tiny_codec_dir, samp
     index[:] = table
     assert verify.main([str(path)]) == 1
     printed = capsys.readouterr().out
-    assert "img-1.png: stored bytes fail their CRC-32C" in printed
+    assert "img-1.png: id and bytes fail their CRC-32C" in printed
     assert "img-2.png: not in the index" in printed
     assert "img-0.png" not in printed
     assert verify.main([str(tmp_path / "nothing.zarr")]) == 2

@@ -691,6 +691,8 @@ def test_fuzzed_archives_never_pass_a_wrong_image(template, streams, expected, t
     print(f"\narchive fuzz: {CASES} mutations: {counts['clean and exact']} verify clean and all images exact / "
           f"{counts['found']} verify found it / {counts['missed']} verify missed it while an image changed / "
           f"{counts['crashes']} crashes; {counts['wrong images']} wrong images; slowest case {slowest:.2f} s")
+    for what, crashes in crashed + [(what, ["missed"]) for what in missed]:
+        print(f"  {what}: {'; '.join(c[:300] for c in crashes)}")
     assert not crashed, crashed[:5]
     assert not missed, missed[:5]
     assert counts["wrong images"] == 0
