@@ -226,7 +226,7 @@ class Archive:
     def segments(self) -> np.ndarray:
         """The committed segment records, one row per ``SEGMENT_COLUMNS``."""
         count = self.meta["segments"]
-        return self.group["segments"][:count] if count else np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
+        return self._read("segments", 0, count) if count else np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
 
     def shapes(self) -> dict[str, int]:
         """Lengths of the byte arrays and tables (first axis) from their metadata; a missing array is left
@@ -234,7 +234,8 @@ class Archive:
         out = {}
         for name in ("items", "ids", "bitstreams", "reasons", "segments"):
             try:
-                out[name] = int(self._array(name).shape[0])
+                reader = self._reader(name)
+                out[name] = reader.rows if reader is not None else int(self._array(name).shape[0])
             except Exception:  # noqa: BLE001 - a damaged or deleted array: reported where it is read
                 pass
         return out
@@ -248,7 +249,17 @@ class Archive:
 
     def read_rows(self, start: int, n: int) -> np.ndarray:
         """Rows ``[start, start + n)`` of ``items`` (callers check the range against :meth:`shapes`)."""
-        return self._array("items")[start : start + n] if n > 0 else np.zeros((0, len(ITEM_COLUMNS)), np.int64)
+        return self._read("items", start, start + n) if n > 0 else np.zeros((0, len(ITEM_COLUMNS)), np.int64)
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of an array, clipped to its length: from a local archive's shard files when
+        they are this format's layout (as lookups read them: no zarr machinery per read), else through zarr."""
+        reader = self._reader(name)
+        if reader is None:
+            return self._array(name)[start:stop]
+        if start < 0:
+            raise ValueError(f"negative start {start} in `{name}`")
+        return reader.read(start, min(stop, reader.rows))
 
     def _array(self, name: str):
         if self._arrays is None:
@@ -267,7 +278,7 @@ class Archive:
         return array
 
     def _read_bytes(self, name: str, start: int, length: int) -> bytes:
-        return self._array(name)[start : start + length].tobytes() if length else b""
+        return self._read(name, start, start + length).tobytes() if length else b""
 
     def _find(self, item_id: str) -> int | None:
         """The row of an encoded id, or None."""

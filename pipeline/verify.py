@@ -58,16 +58,20 @@ def _odd(item_id: str) -> bool:
     return not item_id or item_id != item_id.strip() or not item_id.isprintable()
 
 
-def verify_archive(path: str | Path, decode_sample: int = 0, seed: int = 0, model: str | None = None,
+def verify_archive(path, decode_sample: int = 0, seed: int = 0, model: str | None = None,
                    allow_model_urls=()) -> VerifyReport:
-    """Check an archive; raises ArchiveError only when ``path`` is not a latentzip archive of a version
-    this release reads (damaged attributes are a finding)."""
-    report = VerifyReport(str(path))
-    try:
-        archive = open_archive(path, model=model, allow_model_urls=allow_model_urls)
-    except ArchiveCorruptError as exc:
-        report.problems.append(("<archive>", str(exc)))
-        return report
+    """Check an archive (a path or URL, or an :class:`~latentzip.pipeline.archive.Archive` already open,
+    whose ``model`` options then apply); raises ArchiveError only when ``path`` is not a latentzip archive
+    of a version this release reads (damaged attributes are a finding)."""
+    if isinstance(path, (str, Path)):
+        report = VerifyReport(str(path))
+        try:
+            archive = open_archive(path, model=model, allow_model_urls=allow_model_urls)
+        except ArchiveCorruptError as exc:
+            report.problems.append(("<archive>", str(exc)))
+            return report
+    else:
+        archive, report = path, VerifyReport(str(path.path))
     if archive.version < ID_BOUND_VERSION:
         report.notes.append(f"format {archive.version}: each checksum covers an item's bytes, not its id, so two rows "
                             "whose bytes and checksums were exchanged are not detected (format 3 binds them)")
