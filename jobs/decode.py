@@ -5,11 +5,9 @@ positions (the archive's ids in commit order, as `--list` prints them; Python sl
 100:, -10:) or --all decode in this process when they are a handful (24 or fewer left to do), else in
 parallel on Ray: into DIR/<id>.png (a rerun skips PNGs already written),
 or with --format parquet into one Parquet file of PNG bytes (columns id, png, width, height). The model is
-the one named in the archive's provenance, checked against the model id the archive records.
-
-The model is the one the archive names, unless --model names another copy of it (the model id must match);
-a remote model location (http://, s3://, ...) named by the archive is never fetched unless asked for:
---model URL, or --allow-model-url PREFIX.
+the one named in the archive's provenance, checked against the model id the archive records, unless
+--model names another copy of it (the model id must match); a remote model location (http://, s3://,
+...) named by the archive is never fetched unless asked for: --model URL, or --allow-model-url PREFIX.
 
 Exit status: 0 when every id decoded; 3 when some ids (or damaged segments of the archive) could not be
 decoded in a batch: each is listed with its reason, every other id is decoded, and the counts are printed
@@ -88,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for item_id, error in summary.failures.items():
         print(f"  failed {item_id!r}: {error}", file=sys.stderr)
     return 3 if summary.failures else 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
