@@ -318,7 +318,7 @@ def test_deleted_table_shard_is_not_decoded_0_images(archive, capsys, tmp_path, 
 # -- ids that cannot name a file ------------------------------------------------------------------------
 
 ODD_IDS = {"x" * 300: "too long", "../../x": "'..'", "/abs/x.jpg": "absolute", "": "empty",
-           "bad\udcff.jpg": "UTF-8", "x//y.jpg": "empty, '.' or '..' part", "x/./y.jpg": "empty, '.' or '..' part"}
+           "x//y.jpg": "empty, '.' or '..' part", "x/./y.jpg": "empty, '.' or '..' part"}
 
 
 def test_ids_that_cannot_name_a_file_are_recorded_and_the_rest_decoded(tmp_path, codec, tiny_codec_dir, streams,
@@ -344,15 +344,51 @@ def test_ids_that_cannot_name_a_file_are_recorded_and_the_rest_decoded(tmp_path,
     # Each odd id still decodes on its own, to its own pixels.
     for item_id in ODD_IDS:
         assert np.array_equal(decode_array(path, item_id), expected["a.png"])
-    # Into Parquet (no file names), only the id that is not UTF-8 is refused.
+    # Into Parquet (no file names), every id is decoded.
     summary = decode_archive(path, tmp_path / "all.parquet", format="parquet", progress=None)
-    assert list(summary.failures) == ["bad\udcff.jpg"] and summary.images == len(want) - 1
+    assert summary.failures == {} and summary.images == len(want)
+
+
+def test_id_that_is_not_utf8_is_recorded_and_the_rest_decoded(tmp_path, codec, tiny_codec_dir, streams,
+                                                               expected, capsys):
+    """An id whose stored bytes are not UTF-8 (edited in place, its key and checksum made to match, so the
+    archive is otherwise sound): main stopped `decode --all` for every id."""
+    import google_crc32c
+
+    data, height, width = streams["a.png"]
+    path = write_archive(tmp_path / "odd.zarr", codec, tiny_codec_dir, streams, extra={"bad_.jpg": (data, height, width)})
+    group = items_group(path)
+    version = group.attrs["latentzip"]["format_version"]
+    rows = group["items"][:]
+    [row] = [r for r in range(len(rows)) if rows[r, COLUMNS["id_length"]] == 8 and rows[r, COLUMNS["status"]] == 0]
+    start = int(rows[row, COLUMNS["id_offset"]])
+    raw = b"bad\xff.jpg"
+    group["ids"][start : start + 8] = np.frombuffer(raw, np.uint8)
+    key = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+    crc = google_crc32c.value(data) if version < 3 else google_crc32c.value(len(raw).to_bytes(8, "little") + raw + data)
+    rows[row, COLUMNS["key"]], rows[row, COLUMNS["checksum"]] = key, crc
+    group["items"][:] = rows
+    index = group[group.attrs["latentzip"]["index"]["array"]]
+    table = index[:]
+    table[table[:, 1] == row] = 0
+    index[:] = table
+    edit_meta(path, lambda meta: meta["index"].update(segments=0, entries=meta["index"]["entries"] - 1))  # re-index
+
+    out = tmp_path / "out"
+    code, printed = run_decode_all(path, out, capsys)
+    assert code == 3 and f"decoded {len(expected)} images" in printed and "1 failed" in printed
+    assert "UTF-8" in printed
+    assert sorted(assert_no_wrong_image(out, expected)) == sorted(expected)
+    assert np.array_equal(decode_array(path, "bad\udcff.jpg"), expected["a.png"])  # decodes on its own
+    summary = decode_archive(path, tmp_path / "all.parquet", format="parquet", progress=None)
+    assert list(summary.failures) == ["bad\udcff.jpg"] and summary.images == len(expected)
+    assert decode_job.main([str(path), "--list"]) == 0 and "'bad\\udcff.jpg'" in capsys.readouterr().out
 
 
 def test_output_names_are_unique_per_id():
     out = Path("/out")
     assert output_path(out, "x/y.jpg") == out / "x" / "y.jpg.png"
-    for item_id in ODD_IDS:
+    for item_id in [*ODD_IDS, "bad\udcff.jpg"]:
         with pytest.raises(ValueError, match="cannot name a PNG file"):
             output_path(out, item_id)
 
