@@ -32,6 +32,7 @@ from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_
                                    CheckpointError, read_card)
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.integer_prior import FixedPointOverflowError
+from latentzip.codecs.validation import check_config, read_weights
 
 #: The arithmetic every codec loads with unless told otherwise (see docs/determinism.md).
 DEFAULT_ENTROPY_PARAMS = "integer"
@@ -115,23 +116,30 @@ def load_model(directory: str | Path, entropy_params: str | None = None) -> tupl
     """Load a codec directory written by :func:`export_codec`. Returns ``(model in eval mode, card)``.
 
     ``entropy_params``: ``"integer"`` (default) or ``"float"``; the card returned has that mode's config
-    and model id.
+    and model id. Every value of the folder is checked (validation.py) before it is used; a folder that
+    fails raises :class:`CheckpointError` saying why.
     """
     directory = Path(directory)
     document = read_card(directory)
-    config = CodecConfig.from_dict(document["config"])
+    config = check_config(document["config"], str(directory / CONFIG_FILE))
+    if entropy_params not in (None, "integer", "float"):
+        raise ValueError(f"entropy_params must be 'integer' or 'float', got {entropy_params!r}")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
-    state = load_file(str(weights))
+    model, state = read_weights(weights, config)
     if model_id(config, state).hex() != document["model_id"]:
         raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
-    model = build_model(config)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:  # what validation lets through should load; said if not
+        raise CheckpointError(f"{weights} does not load into {config.arch}: {exc}") from exc
     try:
         return switch_entropy_params(model.eval(), document, entropy_params or DEFAULT_ENTROPY_PARAMS)
     except FixedPointOverflowError as exc:
         raise CheckpointError(f"{directory}: the prior cannot be computed in exact integers: {exc}") from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}: the prior cannot be built: {exc}") from exc
 
 
 def switch_entropy_params(model: ScaleHyperprior, card: dict, entropy_params: str) -> tuple[ScaleHyperprior, dict]:
