@@ -95,9 +95,13 @@ def resolve_config(args: argparse.Namespace, gpus_available: bool):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.pipeline.raycluster import cluster_gpus, ensure_ray
-    from latentzip.pipeline.training import train
+    from latentzip.pipeline.training import check_output_dir, check_readable, resolve_data, train
 
     try:
+        # The output and the data are checked before Ray starts: an unwritable --out or data of only
+        # unreadable files is a one-line error, not a traceback from a worker.
+        check_output_dir(args.out)
+        check_readable(resolve_data(args.data))
         ensure_ray(address=args.address)
         config = resolve_config(args, cluster_gpus() > 0)
         if args.sweep:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from latentzip.pipeline import storage
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus, ensure_ray
-from latentzip.pipeline.training import TrainConfig, TrainResult, train
+from latentzip.pipeline.training import TrainConfig, TrainResult, check_output_dir, check_readable, resolve_data, train
 
 
 def trial_dir(out_dir: str | Path, lmbda: float) -> Path | str:
@@ -51,6 +51,8 @@ def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[fl
     init_from = list(init_from) if init_from is not None else [None] * len(lambdas)
     if len(init_from) != len(lambdas):
         raise ValueError(f"init_from names {len(init_from)} codecs for {len(lambdas)} lambdas")
+    check_output_dir(out_dir)  # here, in the driver: a trial's task would fail with a traceback
+    check_readable(resolve_data(data))
     ensure_ray()
     concurrent, configs = plan(config, list(lambdas), cluster_cpus(), cluster_gpus(), max_concurrent)
     progress(f"sweep: {len(configs)} rate points, {concurrent} at a time, {config.num_workers} worker(s) each "
