@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 import types
 import uuid
@@ -110,7 +111,7 @@ class EncodeStage:
     """Ray Data callable class: a batch of units -> one row per image of those units.
 
     A unit is a shard (``{"unit": [path]}``) or a group of files (``{"unit": [name], "folder": [folder],
-    "files": [ids joined by NUL]}``). Runs without Ray too: ``EncodeStage(model)({"unit": np.array([path])})``,
+    "files": [ids joined by NUL], "refused": [JSON of id -> why it is not read]}``; "refused" optional). Runs without Ray too: ``EncodeStage(model)({"unit": np.array([path])})``,
     or ``encode_rows`` on bytes.
     """
 
@@ -132,8 +133,9 @@ class EncodeStage:
             if "files" in batch:
                 ids = str(batch["files"][u]).split("\0")
                 folder = str(batch["folder"][u])
-                refused = str(batch["refused"][u]).split("\0") if "refused" in batch else [""] * len(ids)
-                read = list(self.readers.map(self._read_file, [folder] * len(ids), ids, refused))
+                refused = json.loads(str(batch["refused"][u])) if "refused" in batch else {}
+                read = list(self.readers.map(self._read_file, [folder] * len(ids), ids,
+                                             [refused.get(item_id, "") for item_id in ids]))
                 out = self.encode_rows(ids, [data for data, _ in read], [error for _, error in read])
             else:
                 table = storage.read_table(str(unit), columns=["id", "image"])
@@ -358,7 +360,7 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         ray.data.DataContext.get_current().max_errored_blocks = 0
         rows = [{"unit": u.name} if not u.files else
                 {"unit": u.name, "folder": u.folder, "files": "\0".join(u.files),
-                 "refused": "\0".join(u.refused or [""] * len(u.files))} for u in todo]
+                 "refused": json.dumps(dict((f, r) for f, r in zip(u.files, u.refused) if r))} for u in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(todo))
         ds = ds.map_batches(
             EncodeStage,

@@ -73,6 +73,8 @@ def resolve_input(folder: storage.Location, item_id: str, follow_symlinks: bool 
     root = storage.local(folder)
     path = root / item_id
     real = os.path.realpath(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        raise InputFileError("broken symbolic link (its target does not exist)")
     if not follow_symlinks and not _inside(real, os.path.realpath(root)):
         raise InputFileError(f"symbolic link to {printable(real)}, outside the input folder (not read; "
                              "--follow-symlinks reads such links)")

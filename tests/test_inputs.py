@@ -153,7 +153,8 @@ ENCODE_CHILD = textwrap.dedent("""
     [unit], kind = list_units(folder)
     stage = EncodeStage(model, max_file_bytes=max_bytes)
     batch = {"unit": np.array([unit.name]), "folder": np.array([unit.folder]),
-             "files": np.array(["\\0".join(unit.files)]), "refused": np.array(["\\0".join(unit.refused or [""] * len(unit.files))])}
+             "files": np.array(["\\0".join(unit.files)]),
+             "refused": np.array([json.dumps(dict((f, r) for f, r in zip(unit.files, unit.refused) if r))])}
     out = stage(batch)
     print(json.dumps({str(i): {"error": str(e), "bytes": len(d)} for i, e, d in zip(out["id"], out["error"], out["data"])}))
 """)
