@@ -6,7 +6,8 @@ entropy-coder tables included, refreshed by ``update(force=True)`` before export
 
 The model id is the first 16 bytes of a SHA-256 over the canonical config and every tensor (name, dtype,
 shape, bytes). It travels in every bitstream, so a stream is never decoded by weights other than the ones
-that wrote it, and it is re-checked on load, so edited weights are caught.
+that wrote it, and it is re-checked on load, so edited weights are caught. A crafted folder can recompute
+it, so loading also checks every value before a model or the range coder sees it (validation.py).
 
 The config includes ``entropy_params`` (integer or float arithmetic for the prior), which is chosen when
 loading: every codec loads in integer mode unless asked for float. The stored id is verified against the

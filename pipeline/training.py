@@ -166,13 +166,13 @@ class ImageSource:
     location: str
 
 
-def resolve_data(data) -> ImageSource:
+def resolve_data(data, follow_symlinks: bool = False) -> ImageSource:
     """Sniff ``data`` (paths or URLs): a folder with ``*.parquet`` or Parquet files -> shards; else a folder
     of images. A list: several such folders (all images, or all shards), or a list of shard files."""
     if isinstance(data, (list, tuple)) and len(data) == 1:
         data = data[0]
     if isinstance(data, (list, tuple)) and all(storage.is_dir(storage.absolute(p)) for p in data):
-        sources = [resolve_data(p) for p in data]
+        sources = [resolve_data(p, follow_symlinks) for p in data]
         kinds = {source.kind for source in sources}
         if len(kinds) > 1:
             raise ValueError("training data mixes image folders and Parquet shards; give one kind")
@@ -187,7 +187,7 @@ def resolve_data(data) -> ImageSource:
         if not storage.exists(location):
             raise FileNotFoundError(f"training data {location} does not exist")
         if not is_shards(location):
-            files = [location] if storage.is_file(location) else _image_files(location)
+            files = [location] if storage.is_file(location) else _image_files(location, follow_symlinks)
             if not files:
                 raise FileNotFoundError(f"no images in {location}")
             return ImageSource("files", tuple(map(str, files)), len(files), str(location))
@@ -198,9 +198,10 @@ def resolve_data(data) -> ImageSource:
     return ImageSource("parquet", tuple(map(str, paths)), count, str(location))
 
 
-def _image_files(location) -> list:
+def _image_files(location, follow_symlinks: bool = False) -> list:
     """The image files of a folder (by extension) that the input policy reads (pipeline/inputs.py: regular
-    files, links only within the folder, names in UTF-8); the others are named and skipped."""
+    files, links only within the folder unless ``follow_symlinks``, names in UTF-8); the others are named
+    and skipped. Local files are given by their real paths, so workers read what was checked here."""
     names, bad = split_names([name for name in storage.list_files(location)
                               if Path(name).suffix.lower() in IMAGE_EXTENSIONS])
     files, skipped = [], list(bad)
@@ -209,7 +210,7 @@ def _image_files(location) -> list:
             files.append(storage.join(location, name))
             continue
         try:
-            path = resolve_input(location, name)
+            path = resolve_input(location, name, follow_symlinks)
             mode = os.stat(path).st_mode
             if not stat.S_ISREG(mode):
                 raise InputFileError("not a regular file")
@@ -647,16 +648,18 @@ def check_output_dir(out_dir: str | Path) -> Path | str:
     return out_dir
 
 
-def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: str | Path | None = None) -> TrainResult:
+def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: str | Path | None = None,
+          follow_symlinks: bool = False) -> TrainResult:
     """Train (or resume training) on ``data`` and export the codec to ``<out_dir>/codec``.
 
     ``init_from``: a codec directory (e.g. a zoo model) whose weights start a run that has no checkpoint
-    yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh."""
+    yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh.
+    ``follow_symlinks``: read links in image folders that point outside them (pipeline/inputs.py)."""
     out_dir = check_output_dir(out_dir)
     if config.validate_every and val is None:
         raise ValueError("validate_every needs validation images (val=...)")
-    source = resolve_data(data)
-    val_source = resolve_data(val) if val is not None else None
+    source = resolve_data(data, follow_symlinks)
+    val_source = resolve_data(val, follow_symlinks) if val is not None else None
     check_readable(source)
     if val_source is not None:
         check_readable(val_source)

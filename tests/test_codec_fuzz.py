@@ -406,7 +406,7 @@ def test_codec_folder_fuzz(originals, tmp_path):
     rng = random.Random(SEED)
     kinds = list(WEIGHTS)
     outcomes, by_kind, bad = Counter(), Counter(), []
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     child = Child(tmp_path / "loader-stderr.log")
     started = time.monotonic()
     try:
@@ -432,7 +432,10 @@ def test_codec_folder_fuzz(originals, tmp_path):
     seconds = time.monotonic() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
-    print(f"\ncodec-folder fuzz: {CASES} mutations in {seconds:.0f} s ({cpu:.0f} s CPU in the loaders): " + ", ".join(
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    mutating = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
+    print(f"\ncodec-folder fuzz: {CASES} mutations in {seconds:.0f} s ({cpu:.0f} s CPU in the loaders, {mutating:.0f} s "
+          "mutating): " + ", ".join(
         f"{outcome} {count}" for outcome, count in sorted(outcomes.items())))
     for kind in kinds:
         counts = {outcome: count for (k, outcome), count in by_kind.items() if k == kind}

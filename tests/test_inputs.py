@@ -262,3 +262,13 @@ def test_train_data_discovery_skips_what_is_not_a_regular_file_inside_the_folder
     # are skipped; the link inside the folder is read as its target; big.png and huge.png are regular
     # files (refused when read, per image).
     assert names == ["a.png", "a.png", "big.png", "huge.png", "sub/b.png"], names
+
+
+def test_train_data_discovery_follows_outside_links_when_asked(hostile_folder):
+    from latentzip.pipeline.training import resolve_data
+
+    source = resolve_data(hostile_folder, follow_symlinks=True)
+    names = sorted(os.path.relpath(path, hostile_folder.parent) for path in source.paths)
+    # /dev/zero is still skipped: a link may be followed, a device is never read.
+    assert names == ["elsewhere.png", "photos/a.png", "photos/a.png", "photos/big.png", "photos/huge.png",
+                     "photos/sub/b.png"], names
