@@ -8,6 +8,10 @@ asked for runs its real ``__init__`` without the imports listed in :data:`DEFERR
 its entropy-coder selection included); an attribute that needs one of those imports runs them too, so
 anything that asks for ``compressai.zoo`` or ``compressai.datasets`` gets the real modules, imported then.
 Submodules (``compressai.entropy_models``, ``compressai.layers``, ...) are imported the ordinary way.
+
+``compressai.entropy_models`` imports ``scipy.stats`` (about a second) for one call, the normal quantile in
+``GaussianConditional.update()``, which loading a codec with its stored tables never makes: ``scipy.stats``
+is registered lazily (``importlib.util.LazyLoader``), so it is imported when first used.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def install() -> None:
     with _LOCK:
         if "compressai" in sys.modules:
             return
+        if not any(name in sys.modules for name in LAZY) and _LazyFinder not in sys.meta_path:
+            sys.meta_path.insert(0, _LazyFinder)
         for name, heavy in DEFERRED.items():
             spec = importlib.util.find_spec(name)
             if spec is None or spec.origin is None or spec.submodule_search_locations is None:
@@ -67,6 +73,28 @@ def install() -> None:
             parent, _, child = name.rpartition(".")
             if parent:
                 setattr(sys.modules[parent], child, module)
+
+
+class _LazyFinder:
+    """On the first import of a name in :data:`LAZY`, a spec whose loader runs the module on its first
+    attribute access (``importlib.util.LazyLoader``); then steps aside. A finder rather than a module put in
+    ``sys.modules`` up front: importing torch walks the modules already loaded, which would run it at once."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname not in LAZY:
+            return None
+        with _LOCK:
+            if cls in sys.meta_path:
+                sys.meta_path.remove(cls)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
+#: Modules CompressAI imports at the top and uses only in calls a codec with stored tables never makes.
+LAZY = ("scipy.stats",)
 
 
 def _split(tree: ast.Module, package: str, heavy: set[str]) -> tuple[types.CodeType, types.CodeType]:

@@ -66,6 +66,8 @@ def load_image(data: bytes | str) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image too large: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:  # Pillow's text names the stream object, not the file
+        raise UnsupportedImageError("not a readable image: no image format recognised in its bytes") from exc
     except _READ_ERRORS as exc:
         raise UnsupportedImageError(f"not a readable image: {exc}") from exc
 

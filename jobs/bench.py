@@ -64,13 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--M", type=int, default=96)
     tr.add_argument("--batch-size", type=int, default=4)
     tr.add_argument("--patch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     tr.add_argument("--steps", type=int, default=500, help="timed steps per run (default 500)")
     tr.add_argument("--checkpoint-every", type=int, default=500,
                     help="Ray Train checkpoints (each with a ray.train.report) every this many steps, as a real "
                          "run would (default 500, the zoo's)")
-    tr.add_argument("--threads", type=int, default=1, help="torch threads per process / CPUs per worker (default 1)")
+    tr.add_argument("--threads", default="1",
+                    help="torch threads per process / CPUs per worker (default 1; with --variants a list, e.g. 1,2)")
     tr.add_argument("--workers", type=int, default=2, help="also time a DDP run with this many workers (default 2)")
     tr.add_argument("--repeats", type=int, default=3, help="alternated runs of each loop; the fastest counts (default 3)")
+    tr.add_argument("--variants", metavar="V[,V...]",
+                    help="instead: the training step's variants (fp32, bf16, channels-last, bf16+channels-last) "
+                         "timed in a plain loop at each --threads (which then takes a list, e.g. 1,2), and "
+                         "with --ab-steps trained from the same weights on the same crops and validated")
+    tr.add_argument("--ab-steps", type=int, default=0,
+                    help="with --variants: train each variant this many steps and compare RD on --val (default 0: no A/B)")
+    tr.add_argument("--init-from", metavar="CODEC",
+                    help="with --variants: start the A/B from this codec's weights, architecture and lambda")
+    tr.add_argument("--val", type=Path, help="with --ab-steps: validation images")
+    tr.add_argument("--concurrent", type=int, default=0,
+                    help="with --variants: also time this many fp32 loops at once in separate processes")
 
     encode = benchmarks.add_parser("encode", help="encode images/s vs CompressAI; archive overhead; lookup time",
                                    description="Encode images/s of the learned codec against CompressAI's own per-image path, "
@@ -127,17 +140,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_variants(args) -> int:
+    import json
+
+    from latentzip.pipeline import bench_train_variants as bench
+    from latentzip.pipeline.training import TrainConfig
+
+    variants = bench.check_variants([name.strip() for name in args.variants.split(",") if name.strip()])
+    threads = [int(value) for value in args.threads.split(",")]
+    if args.ab_steps and args.val is None:
+        raise ValueError("--ab-steps needs --val (the images the variants are validated on)")
+    init, codec_config, lmbda = bench.init_weights(args.init_from)
+    config = bench.config_for(TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
+                                          patch_size=args.patch_size, num_workers=1, lr=args.lr),
+                              codec_config, lmbda, args.ab_steps)
+    result = bench.bench_variants(args.data, config, variants, steps=args.steps, threads=threads,
+                                  repeats=args.repeats, concurrent=args.concurrent, ab_steps=args.ab_steps,
+                                  val=args.val, init=init, init_name=args.init_from)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n" if args.out.suffix == ".json"
+                        else "# Training step variants\n\n" + bench.markdown(result))
+    print(bench.markdown(result), end="")
+    print(f"written to {args.out}")
+    return 0
+
+
 def _train(args) -> int:
     import json
 
+    if args.variants:
+        return _train_variants(args)
     from latentzip.pipeline.bench_train import bench_train, markdown
     from latentzip.pipeline.raycluster import ensure_ray
     from latentzip.pipeline.training import TrainConfig
 
     config = TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
-                         patch_size=args.patch_size, num_workers=1, checkpoint_every=args.checkpoint_every)
+                         patch_size=args.patch_size, num_workers=1, checkpoint_every=args.checkpoint_every, lr=args.lr)
     ensure_ray()
-    result = bench_train(args.data, config, steps=args.steps, threads=args.threads, workers=args.workers,
+    result = bench_train(args.data, config, steps=args.steps, threads=int(args.threads), workers=args.workers,
                          repeats=args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n" if args.out.suffix == ".json"

@@ -26,12 +26,18 @@ COMMANDS = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
-    return ("usage: latentzip <command> [args]   (latentzip <command> --help for its flags)\n\ncommands:\n"
-            + "\n".join(lines))
+    return ("usage: latentzip [--verbose] <command> [args]   (latentzip <command> --help for its flags)\n\n"
+            "--verbose (anywhere on the line, or LATENTZIP_VERBOSE=1): show Ray's own progress and notices\n\n"
+            "commands:\n" + "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:
+        import os
+
+        os.environ["LATENTZIP_VERBOSE"] = "1"  # read by latentzip.pipeline.raycluster.quiet_ray, here and in children
+        argv = [arg for arg in argv if arg != "--verbose"]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

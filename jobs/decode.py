@@ -5,11 +5,17 @@ positions (the archive's ids in commit order, as `--list` prints them; Python sl
 100:, -10:) or --all decode in this process when they are a handful (24 or fewer left to do), else in
 parallel on Ray: into DIR/<id>.png (a rerun skips PNGs already written),
 or with --format parquet into one Parquet file of PNG bytes (columns id, png, width, height). The model is
-the one named in the archive's provenance, checked against the model id the archive records.
+the one named in the archive's provenance, checked against the model id the archive records, unless
+--model names another copy of it (the model id must match); a remote model location (http://, s3://,
+...) named by the archive is never fetched unless asked for: --model URL, or --allow-model-url PREFIX.
 
-Exit status: 0 when every id decoded; 1 when some ids failed in a batch (each listed with its reason);
-2 when nothing could start: a missing id, a model that is not available, a corrupt item or a stream that
-does not decode (single id), or bad arguments. Errors name the id.
+Exit status: 0 when every id decoded; 3 when some ids (or damaged segments of the archive) could not be
+decoded in a batch: each is listed with its reason, every other id is decoded, and the counts are printed
+(ids that cannot name a file inside the output folder, such as ../x, an absolute path, x//y.jpg, an empty
+or non-UTF-8 id, or one too long for a file name, are failures of that id); 2 when nothing could start:
+a missing id, a model that is not available, a corrupt item or a stream that does not decode (single id),
+or bad arguments. Errors name the id. --list exits 3 too when segments or rows of the archive cannot be
+listed (each printed with its reason; the ids that can be are printed).
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output: a .png file for a single --id, else a folder (default ./decoded), or the "
                              ".parquet file with --format parquet (default ./decoded.parquet)")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--model", help="decode with this codec (zoo name, directory or URL) instead of the one the "
+                                        "archive names; it must have the archive's model id")
+    parser.add_argument("--allow-model-url", action="append", default=[], metavar="PREFIX",
+                        help="fetch the archive's own remote model_ref if it lies under this URL prefix (repeatable; "
+                             "by default a model URL named by an archive is never fetched)")
     return parser
 
 
@@ -45,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.bitstream import BitstreamError
     from latentzip.pipeline.archive import ArchiveError, ItemNotFoundError, open_archive
+    from latentzip.pipeline.archive_checks import is_utf8
     from latentzip.pipeline.decoding import (DecodeError, decode_archive, decode_to_file, output_path,
                                              parse_range)
 
     try:
-        archive = open_archive(args.archive)
+        archive = open_archive(args.archive, model=args.model, allow_model_urls=args.allow_model_url)
         if args.list:
-            print("\n".join(archive.ids))
-            return 0
+            listed, problems = archive.listing()
+            for item_id in listed:
+                print(item_id if is_utf8(item_id) else ascii(item_id))
+            for where, problem in problems.items():
+                print(f"  cannot list {where!r}: {problem}", file=sys.stderr)
+            return 3 if problems else 0
         positions = parse_range(args.range) if args.range else None
         single = args.ids and len(args.ids) == 1 and args.format == "png"
         if single and (args.out is None or args.out.suffix.lower() == ".png"):
@@ -62,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         default = Path("decoded.parquet" if args.format == "parquet" else "decoded")
         summary = decode_archive(archive, args.out or default, ids=args.ids, positions=positions,
                                  format=args.format, address=args.address)
-    except (ArchiveError, ItemNotFoundError, BitstreamError, DecodeError, FileNotFoundError, ValueError) as exc:
+    except (ArchiveError, ItemNotFoundError, BitstreamError, DecodeError, OSError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else exc
         print(f"latentzip decode: error: {message}", file=sys.stderr)
         return 2
     print(summary.describe())
     for item_id, error in summary.failures.items():
-        print(f"  failed {item_id}: {error}", file=sys.stderr)
-    return 1 if summary.failures else 0
+        print(f"  failed {item_id!r}: {error}", file=sys.stderr)
+    return 3 if summary.failures else 0
 
 
 if __name__ == "__main__":

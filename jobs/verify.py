@@ -2,9 +2,14 @@
 
 Reads every segment: each item's bytes against its CRC-32C (and zarr's crc32c of every chunk), its
 bitstream header (model id, size) against its row, the id -> row index against the items, and the counts
-against the group attributes. ``--decode-sample N`` also decodes N ids chosen at random (seeded).
+against the group attributes, and that the archive's model loads and is the one that wrote it (a remote
+model is not fetched unless --model or --allow-model-url asks for it). ``--decode-sample N`` also decodes
+N ids chosen at random (seeded). A damaged archive never stops the check: whatever cannot be read is
+reported (per id, ``<segment N>``, ``<index>``, ``<items>`` ...) and the rest is still checked. Format 2
+archives checksum each item's bytes but not its id (a note says so); format 3 binds them.
 
-Exit status: 0 no problem; 1 problems (each printed as ``ID: what is wrong``); 2 not an archive.
+Exit status: 0 no problem; 1 problems (each printed as ``ID: what is wrong``); 2 not an archive (or a
+format version this release does not read).
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-sample", type=int, default=0, metavar="N",
                         help="also decode N ids picked at random with the archive's own model (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the decode sample (default 0)")
+    parser.add_argument("--model", help="check and decode with this codec (zoo name, directory or URL) instead of "
+                                        "the one the archive names; it must have the archive's model id")
+    parser.add_argument("--allow-model-url", action="append", default=[], metavar="PREFIX",
+                        help="fetch the archive's own remote model_ref if it lies under this URL prefix (repeatable; "
+                             "by default a model URL named by an archive is never fetched)")
     return parser
 
 
@@ -31,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     from latentzip.pipeline.verify import verify_archive
 
     try:
-        report = verify_archive(args.archive, decode_sample=args.decode_sample, seed=args.seed)
+        report = verify_archive(args.archive, decode_sample=args.decode_sample, seed=args.seed, model=args.model,
+                                allow_model_urls=args.allow_model_url)
     except ArchiveError as exc:
         print(f"latentzip verify: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a check that itself failed is a finding, never a traceback
+        print(f"<verify>: the check stopped: {type(exc).__name__}: {exc}\nverify {args.archive}: PROBLEMS")
+        return 1
     print(report.describe())
     return 0 if report.ok else 1
 

@@ -1,4 +1,4 @@
-"""The Zarr v3 archive of encoded images, format version 2: the only module that imports zarr.
+"""The Zarr v3 archive of encoded images, format version 3 (reads 2): the only module that imports zarr.
 
 The layout, the commit protocol and the index are specified in docs/archive-format.md; this module is
 that specification's one implementation. In short: a Zarr v3 group whose arrays are all ``uint8`` or
@@ -35,9 +35,25 @@ import numpy as np
 import latentzip
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline import storage
+from latentzip.pipeline.archive_checks import (  # noqa: F401 - the errors are part of this module's API
+    FAILED,
+    OK,
+    READ_VERSIONS,
+    ArchiveCorruptError,
+    ArchiveError,
+    ItemCorruptError,
+    ItemNotFoundError,
+    RemoteModelRefusedError,
+    describe_exception,
+    id_bytes,
+    item_checksum,
+    lookup_problem,
+    meta_problems,
+)
 
 FORMAT = "latentzip-archive"
-FORMAT_VERSION = 2
+#: The version new archives are written in; an archive keeps its own version when appended to.
+FORMAT_VERSION = 3
 ATTRS_KEY = "latentzip"
 ITEM_COLUMNS = ("key", "status", "id_offset", "id_length", "offset", "length", "height", "width",
                 "checksum", "mode", "source", "segment")
@@ -46,7 +62,6 @@ SEGMENT_COLUMNS = ("row_start", "rows", "ids_start", "ids_bytes", "bytes_start",
 #: Original image modes, by code (the ``mode`` column); -1 is a mode not in this list.
 MODES = ("RGB", "L", "1", "P", "RGBA", "LA", "PA", "I;16", "I;16B", "I;16L", "I", "CMYK", "YCbCr", "LAB",
          "HSV", "F", "La", "RGBa")
-OK, FAILED = 0, 1
 I = {name: i for i, name in enumerate(ITEM_COLUMNS)}
 S = {name: i for i, name in enumerate(SEGMENT_COLUMNS)}
 #: Layout of NEW archives: name -> (inner chunk, shard) of the 1-D byte arrays, (columns, inner chunk, shard)
@@ -63,18 +78,6 @@ _INDEX_CHUNK, _INDEX_SHARD, _INDEX_MIN = 256, 1 << 14, 1 << 12
 #: Rows committed but not yet in the hash table before a writer folds them in (bounds a reader's scan).
 _INDEX_LAG = 1 << 16
 _LOCKS: dict[str, list] = {}
-
-
-class ArchiveError(ValueError):
-    """An archive cannot be opened or written: unknown format or version, or another model's archive."""
-
-
-class ItemNotFoundError(KeyError):
-    """No item with this id in the archive."""
-
-
-class ItemCorruptError(ArchiveError):
-    """The stored bytes of an item do not match their checksum."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,12 @@ class Failure:
 
 def id_key(item_id: str) -> int:
     """The 64-bit hash of an id used by the index (0 and -1 are reserved: empty slot, fill row)."""
-    key = int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little", signed=True)
+    key = int.from_bytes(hashlib.blake2b(id_bytes(item_id), digest_size=8).digest(), "little", signed=True)
     return 1 if key in (0, -1) else key
 
 
 def checksum(data: bytes) -> int:
-    """CRC-32C of an item's bitstream bytes (the ``checksum`` column)."""
+    """CRC-32C of bytes (the ``checksum`` column of format 2; format 3: :func:`item_checksum`)."""
     return int(google_crc32c.value(data))
 
 
@@ -125,8 +128,10 @@ class Archive:
     bytes (plus, while a writer is mid-job, the keys of segments it has not indexed yet).
     """
 
-    def __init__(self, path: str | Path, mode: str = "r"):
+    def __init__(self, path: str | Path, mode: str = "r", model: str | None = None, allow_model_urls=()):
         self.path = location(path)
+        self.model_override = None if model is None else str(model)
+        self.allow_model_urls = tuple(allow_model_urls)
         if not _has_file(self.path, "zarr.json"):
             raise ArchiveError(f"{self.path} is not a Zarr v3 archive (no zarr.json)")
         self._mode, self._group = mode, None
@@ -134,7 +139,11 @@ class Archive:
         # something needs it (a lookup does not); anything else opens it now.
         attributes = _local_group_attributes(self.path) if mode == "r" and isinstance(self.path, Path) else None
         if attributes is None:
-            self._group = _zarr().open_group(str(self.path), mode=mode)
+            try:
+                self._group = _zarr().open_group(str(self.path), mode=mode)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # JSON or UTF-8 errors of a damaged zarr.json
+                raise ArchiveCorruptError(f"{self.path}: its zarr.json cannot be read as a Zarr v3 group: "
+                                          f"{describe_exception(exc)}") from exc
         self._codec = None
         # Read-only: each array's metadata is read once per object, not on every lookup (a writer's arrays
         # change shape, so it opens them afresh).
@@ -157,11 +166,16 @@ class Archive:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ArchiveError(f"{self.path} is a Zarr group but not a latentzip archive")
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             hint = (" (version 1 archives, written before sharding, are not read by this release: re-run "
                     "`latentzip encode` on the same shards into a new archive)") if version == 1 else ""
             raise ArchiveError(f"{self.path} has archive format version {version}; this latentzip "
-                               f"({latentzip.__version__}) reads version {FORMAT_VERSION}{hint}")
+                               f"({latentzip.__version__}) reads versions "
+                               f"{', '.join(map(str, READ_VERSIONS))}{hint}")
+        problems = meta_problems(meta)
+        if problems:
+            raise ArchiveCorruptError(f"{self.path}: damaged archive attributes: {'; '.join(problems)} "
+                                      "(`latentzip verify` lists what it can check)")
         self.meta = meta
         state = (meta["segments"], meta["index"]["segments"], meta["index"]["array"])
         if state != getattr(self, "_state", None):  # caches stay valid while nothing was committed
@@ -171,6 +185,11 @@ class Archive:
             self._readers: dict[str, _ShardReader | None] = {}
             self._ids: list[str] | None = None
             self._pending: dict[int, list[int]] | None = None
+
+    @property
+    def version(self) -> int:
+        """The archive's format version: 3 binds each id to its bytes in the checksum, 2 does not."""
+        return self.meta["format_version"]
 
     # -- reading -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -185,28 +204,62 @@ class Archive:
 
     @property
     def ids(self) -> list[str]:
-        """Every encoded id in commit order (reads every id: O(n); lookups do not need it)."""
+        """Every encoded id in commit order (reads every id: O(n); lookups do not need it). Raises
+        ArchiveCorruptError if a segment or row cannot be read or is inconsistent (:meth:`listing` reports
+        such problems and lists the rest)."""
         if self._ids is None:
-            self._ids = [item_id for rows, ids in self._segment_tables() for item_id, row in
-                         zip(ids, rows) if row[I["status"]] == OK]
+            ids, problems = self.listing()
+            if problems:
+                where, what = next(iter(problems.items()))
+                raise ArchiveCorruptError(f"{self.path}: {len(problems)} damaged segments or rows, e.g. {where}: "
+                                          f"{what} (`latentzip verify` lists them)")
+            self._ids = ids
         return self._ids
+
+    def listing(self) -> tuple[list[str], dict[str, str]]:
+        """(every encoded id whose row is consistent, in commit order; what is wrong elsewhere, by id or by
+        ``<segment N>`` / ``<segment N row R>`` where no id can be read). Never raises for damage."""
+        from latentzip.pipeline.archive_listing import listing
+
+        return listing(self)
 
     def segments(self) -> np.ndarray:
         """The committed segment records, one row per ``SEGMENT_COLUMNS``."""
         count = self.meta["segments"]
-        return self.group["segments"][:count] if count else np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
+        return self._read("segments", 0, count) if count else np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
 
-    def _segment_tables(self, segments: np.ndarray | None = None):
-        """(item rows, ids) of each committed segment, in order."""
-        for seg in self.segments() if segments is None else segments:
-            start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
-            if n == 0:
-                continue
-            rows = self.group["items"][start : start + n]
-            raw = self._read_bytes("ids", int(seg[S["ids_start"]]), int(seg[S["ids_bytes"]]))
-            base = int(seg[S["ids_start"]])
-            ids = [raw[o - base : o - base + n_].decode() for o, n_ in rows[:, I["id_offset"] : I["id_length"] + 1]]
-            yield rows, ids
+    def shapes(self) -> dict[str, int]:
+        """Lengths of the byte arrays and tables (first axis) from their metadata; a missing array is left
+        out (its readers then report it)."""
+        out = {}
+        for name in ("items", "ids", "bitstreams", "reasons", "segments"):
+            try:
+                reader = self._reader(name)
+                out[name] = reader.rows if reader is not None else int(self._array(name).shape[0])
+            except Exception:  # noqa: BLE001 - a damaged or deleted array: reported where it is read
+                pass
+        return out
+
+    def scan(self, segments: np.ndarray | None = None):
+        """Each committed segment, checked before anything is read from its fields (see
+        :func:`latentzip.pipeline.archive_listing.scan`)."""
+        from latentzip.pipeline.archive_listing import scan
+
+        return scan(self, segments)
+
+    def read_rows(self, start: int, n: int) -> np.ndarray:
+        """Rows ``[start, start + n)`` of ``items`` (callers check the range against :meth:`shapes`)."""
+        return self._read("items", start, start + n) if n > 0 else np.zeros((0, len(ITEM_COLUMNS)), np.int64)
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of an array, clipped to its length: from a local archive's shard files when
+        they are this format's layout (as lookups read them: no zarr machinery per read), else through zarr."""
+        reader = self._reader(name)
+        if reader is None:
+            return self._array(name)[start:stop]
+        if start < 0:
+            raise ValueError(f"negative start {start} in `{name}`")
+        return reader.read(start, min(stop, reader.rows))
 
     def _array(self, name: str):
         if self._arrays is None:
@@ -225,7 +278,7 @@ class Archive:
         return array
 
     def _read_bytes(self, name: str, start: int, length: int) -> bytes:
-        return self._array(name)[start : start + length].tobytes() if length else b""
+        return self._read(name, start, start + length).tobytes() if length else b""
 
     def _find(self, item_id: str) -> int | None:
         """The row of an encoded id, or None."""
@@ -241,9 +294,20 @@ class Archive:
         """(row, item record, its bitstream bytes or the error reading them) of an encoded id, or None.
 
         Reads the index chunk, the item row, the id bytes (compared with ``item_id``) and, ``with_data``,
-        the bitstream. A local archive laid out as docs/archive-format.md says is read straight from its
-        shard files (:class:`_ShardReader`: about ten small ``pread`` calls); anything else through zarr, in
-        one pass through zarr's event loop (:meth:`_alookup`)."""
+        the bitstream; every row number, offset and length is checked against the arrays' sizes before it
+        is read (ItemCorruptError naming the id), and anything zarr or the file system raises becomes an
+        ItemCorruptError too. A local archive laid out as docs/archive-format.md says is read straight from
+        its shard files (:class:`_ShardReader`: about ten small ``pread`` calls); anything else through
+        zarr, in one pass through zarr's event loop (:meth:`_alookup`)."""
+        try:
+            return self._lookup_unchecked(item_id, with_data)
+        except ArchiveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zarr, numcodecs, OS errors: a damaged archive, named per id
+            raise ItemCorruptError(f"item {item_id!r} in {self.path} cannot be read, the archive is damaged: "
+                                   f"{describe_exception(exc)}") from exc
+
+    def _lookup_unchecked(self, item_id: str, with_data: bool):
         key = id_key(item_id)
         pending = self._unindexed().get(key, [])  # synchronous reads; normally nothing to read
         index = self.meta["index"]
@@ -258,13 +322,22 @@ class Archive:
         candidates = []
         if index["capacity"]:
             table = readers[index["array"]]
+            if table.rows != index["capacity"]:
+                raise ArchiveCorruptError(f"{self.path}: the index table has {table.rows} slots, attribute "
+                                          f"index.capacity says {index['capacity']}")
             start = _probe_start(key, index["capacity"], table.chunk)
             chunk = table.read(start, start + table.chunk)
             candidates = [int(row) for row in chunk[chunk[:, 0] == key, 1]]
-        want = item_id.encode()
+        want = id_bytes(item_id)
+        shapes = {"items": readers["items"].rows, "ids": readers["ids"].rows,
+                  "bitstreams": readers["bitstreams"].rows if with_data else 1 << 62}
+        damage = []
         for row in candidates + pending:
+            if not 0 <= row < shapes["items"]:
+                damage.append(f"the index points at row {row}, outside `items` ({shapes['items']} rows)")
+                continue
             record = readers["items"].read(row, row + 1)[0]
-            if record[I["status"]] != OK or int(record[I["id_length"]]) != len(want):
+            if not self._candidate(item_id, record, want, shapes, damage):
                 continue
             start = int(record[I["id_offset"]])
             if readers["ids"].read(start, start + len(want)).tobytes() != want:
@@ -276,6 +349,23 @@ class Archive:
                 return row, record, readers["bitstreams"].read(offset, offset + length).tobytes()
             except ValueError as exc:  # a shard index or chunk fails its crc32c
                 return row, record, exc
+        return self._not_found(item_id, damage)
+
+    def _candidate(self, item_id: str, record: np.ndarray, want: bytes, shapes: dict, damage: list) -> bool:
+        """Whether an index candidate's row may hold ``item_id`` (its id is read next); a row whose id
+        length matches but whose fields point outside the arrays is damage (raised if nothing else matches,
+        at once when its id is this one: see :meth:`_lookup`)."""
+        if record[I["status"]] != OK or int(record[I["id_length"]]) != len(want):
+            return False
+        problem = lookup_problem(record, shapes, len(self.meta["sources"]))
+        if problem is not None:
+            damage.append(problem)
+            return False
+        return True
+
+    def _not_found(self, item_id: str, damage: list[str]) -> None:
+        if damage:
+            raise ItemCorruptError(f"item {item_id!r} in {self.path}: {damage[0]}")
         return None
 
     def _reader(self, name: str) -> _ShardReader | None:
@@ -296,6 +386,9 @@ class Archive:
             if not index["capacity"]:
                 return []
             table = await self._async_array(index["array"])
+            if int(table.shape[0]) != index["capacity"]:
+                raise ArchiveCorruptError(f"{self.path}: the index table has {table.shape[0]} slots, attribute "
+                                          f"index.capacity says {index['capacity']}")
             size = int(table.chunks[0])  # the table's own chunk size (its metadata), whatever this release creates
             start = _probe_start(key, index["capacity"], size)
             chunk = await table.getitem(slice(start, start + size))
@@ -303,12 +396,16 @@ class Archive:
 
         names = ("items", "ids", "bitstreams") if with_data else ("items", "ids")
         candidates, items, ids, *bitstreams = await asyncio.gather(probe(), *map(self._async_array, names))
+        want = id_bytes(item_id)
+        shapes = {"items": int(items.shape[0]), "ids": int(ids.shape[0]),
+                  "bitstreams": int(bitstreams[0].shape[0]) if with_data else 1 << 62}
+        damage = []
         for row in candidates + pending:
-            record = await items.getitem(row)
-            if record[I["status"]] != OK:
+            if not 0 <= row < shapes["items"]:
+                damage.append(f"the index points at row {row}, outside `items` ({shapes['items']} rows)")
                 continue
-            want = item_id.encode()
-            if int(record[I["id_length"]]) != len(want):
+            record = await items.getitem(row)
+            if not self._candidate(item_id, record, want, shapes, damage):
                 continue
             start = int(record[I["id_offset"]])
             reads = [ids.getitem(slice(start, start + len(want)))]
@@ -323,7 +420,7 @@ class Archive:
             if not with_data:
                 return row, record, None
             return row, record, data[0] if isinstance(data[0], BaseException) else np.asarray(data[0]).tobytes()
-        return None
+        return self._not_found(item_id, damage)
 
     def _unindexed(self) -> dict[int, list[int]]:
         """key -> rows of committed segments the index does not cover yet (normally none)."""
@@ -334,7 +431,9 @@ class Archive:
             segments = self.segments()[self.meta["index"]["segments"] :]
             for seg in segments:
                 start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
-                for i, key in enumerate(self.group["items"][start : start + n, I["key"]] if n else []):
+                if start < 0 or n <= 0:
+                    continue  # a damaged segment row: verify reports it
+                for i, key in enumerate(self._array("items")[start : start + n, I["key"]]):
                     self._pending.setdefault(int(key), []).append(start + i)
         return self._pending
 
@@ -361,18 +460,13 @@ class Archive:
         row, record, data = found
         return self._item_at(row, item_id, record, data)
 
-    def _item_at(self, row: int, item_id: str, record: np.ndarray | None = None,
-                 data: bytes | BaseException | None = None) -> Item:
-        record = self._array("items")[row] if record is None else record
-        try:
-            if data is None:
-                data = self._read_bytes("bitstreams", int(record[I["offset"]]), int(record[I["length"]]))
-            elif isinstance(data, BaseException):
-                raise data
-        except ValueError as exc:  # zarr's crc32c codec: the stored chunk itself is damaged
-            raise ItemCorruptError(f"item {item_id!r} in {self.path}: its zarr chunk is damaged ({exc})") from exc
-        if checksum(data) != int(record[I["checksum"]]):
-            raise ItemCorruptError(f"item {item_id!r} in {self.path}: stored bytes fail their CRC-32C")
+    def _item_at(self, row: int, item_id: str, record: np.ndarray, data: bytes | BaseException) -> Item:
+        if isinstance(data, BaseException):  # zarr's crc32c codec: the stored chunk itself is damaged
+            raise ItemCorruptError(f"item {item_id!r} in {self.path}: its zarr chunk is damaged "
+                                   f"({describe_exception(data)})") from data
+        if item_checksum(self.version, id_bytes(item_id), data) != int(record[I["checksum"]]):
+            what = "id and bytes fail their" if self.version >= 3 else "bytes fail their"
+            raise ItemCorruptError(f"item {item_id!r} in {self.path}: stored {what} CRC-32C (row {row})")
         mode = int(record[I["mode"]])
         return Item(item_id, data, int(record[I["height"]]), int(record[I["width"]]),
                     self.meta["sources"][int(record[I["source"]])], MODES[mode] if 0 <= mode < len(MODES) else "?")
@@ -382,26 +476,68 @@ class Archive:
             yield self.item(item_id)
 
     def errors(self) -> list[Failure]:
-        """The errors table: every input a committed segment could not encode, with the reason."""
+        """The errors table: every input a committed segment could not encode, with the reason (rows that
+        are inconsistent are left out: :meth:`listing` and ``latentzip verify`` report them)."""
         out = []
-        for seg in self.segments():
-            if not seg[S["failures"]]:
-                continue
-            start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
-            rows = self.group["items"][start : start + n]
-            for record in rows[rows[:, I["status"]] == FAILED]:
-                out.append(Failure(
-                    self._read_bytes("ids", int(record[I["id_offset"]]), int(record[I["id_length"]])).decode(),
-                    self._read_bytes("reasons", int(record[I["offset"]]), int(record[I["length"]])).decode(),
-                    self.meta["sources"][int(record[I["source"]])]))
+        for number, seg, rows, ids, problem in self.scan():
+            for record, (item_id, row_problem) in zip(rows, ids):
+                if problem is None and row_problem is None and record[I["status"]] == FAILED:
+                    try:
+                        reason = self._read_bytes("reasons", int(record[I["offset"]]), int(record[I["length"]]))
+                    except Exception as exc:  # noqa: BLE001 - zarr, numcodecs, OS errors: a damaged archive
+                        raise ArchiveCorruptError(f"{self.path}: the reason of failed id {item_id!r} cannot be read: "
+                                                  f"{describe_exception(exc)}") from exc
+                    out.append(Failure(item_id, reason.decode("utf-8", "replace"),
+                                       self.meta["sources"][int(record[I["source"]])]))
         return out
 
-    def read_segment(self, seg: np.ndarray) -> tuple[np.ndarray, list[str], bytes]:
-        """A committed segment's item rows, ids and bitstream bytes, each read in one go (for ``verify``).
-        Offsets in the rows are absolute; the bytes start at ``seg[S["bytes_start"]]``. Raises ValueError
-        when a zarr chunk fails its crc32c."""
-        [(rows, ids)] = list(self._segment_tables(seg[None])) or [(np.zeros((0, len(ITEM_COLUMNS)), np.int64), [])]
-        return rows, ids, self._read_bytes("bitstreams", int(seg[S["bytes_start"]]), int(seg[S["num_bytes"]]))
+    def read_bytes(self, name: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the byte array ``name`` from ``start`` (for ``verify``; callers check the
+        range against :meth:`shapes` first). Raises what zarr raises for a damaged chunk."""
+        return self._read_bytes(name, start, length)
+
+    def index_table(self, limit: int | None = None) -> tuple[np.ndarray, int]:
+        """The whole hash table named by the attributes and its inner chunk size (for ``verify``); at most
+        ``limit`` slots are read (the length a table's metadata claims is not trusted)."""
+        array = self.group[self.meta["index"]["array"]]
+        if array.ndim != 2 or array.shape[1] != 2:
+            raise ArchiveCorruptError(f"index array {self.meta['index']['array']!r} has shape {array.shape}, not (N, 2)")
+        return array[: limit], int(array.chunks[0])
+
+    def index_entries(self) -> np.ndarray:
+        """Every (key, row) pair in the hash table (for ``verify``)."""
+        if not self.meta["index"]["capacity"]:
+            return np.zeros((0, 2), np.int64)
+        table = self.index_table()[0]
+        return table[table[:, 0] != 0]
+
+    def codec(self, **options):
+        """The codec that wrote this archive, found from its provenance (or the ``model`` this object was
+        opened with); never a different model. A remote ``model_ref`` (``http://``, ``s3://``, ...) is
+        never fetched because an archive names it: only a ``model`` the caller gives, or a ref under one
+        of the caller's ``allow_model_urls``, is (:class:`RemoteModelRefusedError` otherwise)."""
+        if self._codec is None:
+            from latentzip.codecs.hyperprior import CodecConfig
+            from latentzip.codecs.registry import is_remote
+
+            ref = self.model_override or self.meta["model_ref"]
+            if self.model_override is None and is_remote(ref) and not _allowed(ref, self.allow_model_urls):
+                raise RemoteModelRefusedError(
+                    f"archive {self.path} names a remote model, {ref!r}; latentzip does not fetch code from a "
+                    f"location an archive names: pass --model {ref} (or --allow-model-url with its prefix) to "
+                    "fetch it, or --model with a local copy")
+            try:
+                options.setdefault("entropy_params", CodecConfig.from_dict(self.meta["codec"]).entropy_params)
+            except (TypeError, ValueError) as exc:
+                raise ArchiveCorruptError(f"archive {self.path}: attribute codec is not a codec config ({exc})") from exc
+            codec = load_codec(ref, **options)
+            if getattr(codec, "model_id", b"").hex() != self.model_id:
+                raise ArchiveError(
+                    f"model {ref!r} has id {getattr(codec, 'model_id', b'').hex()}, but archive "
+                    f"{self.path} was written by model {self.model_id}"
+                )
+            self._codec = codec
+        return self._codec
 
     def index_entries(self) -> np.ndarray:
         """Every (key, row) pair in the hash table (for ``verify``)."""
@@ -410,21 +546,6 @@ class Archive:
             return np.zeros((0, 2), np.int64)
         table = self.group[index["array"]][:]
         return table[table[:, 0] != 0]
-
-    def codec(self, **options):
-        """The codec that wrote this archive, found from its provenance; never a different model."""
-        if self._codec is None:
-            from latentzip.codecs.hyperprior import CodecConfig
-
-            options.setdefault("entropy_params", CodecConfig.from_dict(self.meta["codec"]).entropy_params)
-            codec = load_codec(self.meta["model_ref"], **options)
-            if getattr(codec, "model_id", b"").hex() != self.model_id:
-                raise ArchiveError(
-                    f"model {self.meta['model_ref']!r} has id {codec.model_id.hex()}, but archive "
-                    f"{self.path} was written by model {self.model_id}"
-                )
-            self._codec = codec
-        return self._codec
 
     def decode(self, item_id: str):
         """Decode one id to an 8-bit RGB PIL image."""
@@ -439,8 +560,15 @@ def _zarr():
     return zarr
 
 
-def open_archive(path: str | Path) -> Archive:
-    return Archive(path)
+def open_archive(path: str | Path, model: str | None = None, allow_model_urls=()) -> Archive:
+    """An archive for reading. ``model``: decode with this codec (a zoo name, a directory or a URL, still
+    checked against the archive's model id) instead of the one its provenance names; ``allow_model_urls``:
+    URL prefixes from which a remote ``model_ref`` of the archive may be fetched (by default none is)."""
+    return Archive(path, model=model, allow_model_urls=allow_model_urls)
+
+
+def _allowed(ref: str, prefixes) -> bool:
+    return any(ref == p.rstrip("/") or ref.startswith(p.rstrip("/") + "/") for p in prefixes if p)
 
 
 def check_archive_location(path: str | Path) -> None:
@@ -508,6 +636,7 @@ class _ShardReader:
 
     def __init__(self, folder: Path, dtype: str, shape: list, shard: int, chunk: int, zstd: bool, fill):
         self.folder, self.dtype, self.row_shape = folder, np.dtype(dtype).newbyteorder("<"), tuple(shape[1:])
+        self.rows = int(shape[0])  # the array's length (first axis), from its metadata
         self.shard, self.chunk, self.zstd, self.fill = shard, chunk, zstd, fill
         self.per_shard = shard // chunk
         self.suffix = "/0" * len(self.row_shape)
@@ -530,7 +659,9 @@ class _ShardReader:
                   and index[0].get("configuration", {}).get("endian", "little") == "little"
                   and inner in (["bytes", "crc32c"], ["bytes", "zstd", "crc32c"])
                   and config["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
-                  and len(shape) in (1, 2) and len(shard) == len(chunk) == len(shape) and shard[0] % chunk[0] == 0
+                  and len(shape) in (1, 2) and len(shard) == len(chunk) == len(shape)
+                  and all(isinstance(v, int) and v >= 0 for v in (*shape, *shard, *chunk))
+                  and chunk[0] > 0 and shard[0] % chunk[0] == 0 and shard[0] > 0
                   and shard[1:] == chunk[1:] == shape[1:])
             fill = meta["fill_value"]
             if not ok or not isinstance(fill, int):
@@ -710,7 +841,7 @@ class ArchiveWriter(Archive):
     def _write_segment(self, items: list[Item], failures: list[Failure], unit: str | None) -> None:
         meta, ends = self.meta, self.meta["ends"]
         n = len(items) + len(failures)
-        ids = [x.id.encode() for x in items] + [f.id.encode() for f in failures]
+        ids = [id_bytes(x.id) for x in items] + [id_bytes(f.id) for f in failures]
         reasons = [f.reason.encode() for f in failures]
         table = np.full((n, len(ITEM_COLUMNS)), -1, dtype=np.int64)
         if n:
@@ -725,7 +856,9 @@ class ArchiveWriter(Archive):
             table[:, I["offset"]] = np.concatenate((data_starts, reason_starts)).astype(np.int64)
             table[: len(items), I["height"]] = [x.height for x in items]
             table[: len(items), I["width"]] = [x.width for x in items]
-            table[: len(items), I["checksum"]] = [checksum(x.data) for x in items]
+            # The archive's own version decides what the checksum covers: appending to a format 2 archive
+            # keeps it format 2 (docs/archive-format.md, "Versions").
+            table[: len(items), I["checksum"]] = [item_checksum(self.version, b, x.data) for x, b in zip(items, ids)]
             table[: len(items), I["mode"]] = [MODES.index(x.mode) if x.mode in MODES else -1 for x in items]
             table[:, I["source"]] = [self._source(x.source) for x in items] + [self._source(f.source) for f in failures]
             table[:, I["segment"]] = meta["segments"]

@@ -6,7 +6,11 @@ a list, or a range of archive positions, :func:`select_ids`) in parallel on Ray,
 Parquet shard of PNG bytes.
 
 PNG files are written to ``<out>/<id>.png`` (the id's folders recreated, ".png" appended to its name)
-through a temporary name and a rename, so a PNG that exists is complete and a rerun skips it. The Parquet
+through a temporary name and a rename, so a PNG that exists is complete and a rerun skips it. The name is
+a function of the id alone and never leaves ``<out>``: an id that is not a plain relative path (empty,
+absolute, with ``..``, ``.`` or empty parts such as ``x//y.jpg`` and ``x/./y.jpg``, which would share
+``x/y.jpg``'s file), not UTF-8, or too long for a file name is a recorded failure of that id, and the
+other ids are decoded (decode it alone with ``--id ID -o FILE.png``, or into Parquet). The Parquet
 shard (columns ``id``, ``png``, ``width``, ``height``; rows in completion order) is written whole through a
 temporary name, so a rerun rewrites it.
 
@@ -28,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from latentzip.pipeline.archive import open_archive
+from latentzip.pipeline.archive_checks import is_utf8
 
 FORMATS = ("png", "parquet")
 #: Up to this many ids decode in this process; more go to Ray. On the 2-core development machine, starting
@@ -35,6 +40,8 @@ FORMATS = ("png", "parquet")
 #: (`decode --id A --id B` 127 s against 31 s for one id, issue 18): Ray pays from about 20 images, and
 #: only where it has more cores than this process (docs/benchmarks.md, cold start).
 RAY_MIN_IDS = 24
+#: Longest file name (bytes) and path the PNG output writes; the temporary name adds ".", ".tmp".
+NAME_MAX_BYTES, PATH_MAX_BYTES = 255, 4000
 
 
 def parquet_schema():
@@ -55,8 +62,10 @@ class ModelUnavailableError(DecodeError):
     """The model the archive's provenance names cannot be loaded (or is not the model that wrote it)."""
 
 
-def _archive(archive):
-    return open_archive(archive) if isinstance(archive, (str, Path)) else archive
+def _archive(archive, model: str | None = None, allow_model_urls=()):
+    if isinstance(archive, (str, Path)):
+        return open_archive(archive, model=model, allow_model_urls=allow_model_urls)
+    return archive
 
 
 def archive_codec(archive, item_id: str, what: str | None = None):
@@ -109,7 +118,7 @@ def parse_range(text: str) -> slice:
 
 def select_ids(archive, ids: list[str] | None = None, positions: slice | None = None) -> list[str]:
     """The ids to decode: ``ids`` (duplicates dropped, each checked), else ``positions`` of the archive's
-    ids in commit order, else all of them."""
+    ids in commit order, else all of them (raises for a damaged listing: :func:`listed_ids` records it)."""
     archive = _archive(archive)
     if ids is not None:
         wanted = list(dict.fromkeys(ids))
@@ -119,12 +128,40 @@ def select_ids(archive, ids: list[str] | None = None, positions: slice | None = 
     return archive.ids if positions is None else archive.ids[positions]
 
 
+def listed_ids(archive, positions: slice | None = None) -> tuple[list[str], dict[str, str]]:
+    """(``positions`` of the archive's ids in commit order, or all, each once; what could not be listed:
+    damaged segments and rows, by id or ``<segment N ...>``). Never raises for a damaged archive."""
+    listed, problems = _archive(archive).listing()
+    listed = list(dict.fromkeys(listed))
+    return (listed if positions is None else listed[positions]), problems
+
+
 def output_path(out_dir: Path, item_id: str) -> Path:
-    relative = Path(item_id)
-    if relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"id {item_id!r} cannot name a file inside the output folder")
+    """``out_dir/<id>.png``; ValueError (naming the id) for an id that cannot name its own file inside
+    ``out_dir``: see the module docstring. Distinct ids that pass get distinct paths."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"id {item_id!r} cannot name a PNG file inside the output folder: {why}")
+
+    if not item_id:
+        raise refuse("it is empty")
+    if not is_utf8(item_id):
+        raise refuse("it is not valid UTF-8")
+    if "\x00" in item_id:
+        raise refuse("it holds a NUL character")
+    if item_id.startswith("/"):
+        raise refuse("it is an absolute path")
+    parts = item_id.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise refuse("it has an empty, '.' or '..' part, so it is not the one name of its file "
+                     "(x//y.jpg and x/./y.jpg would be x/y.jpg)")
     # The id's own extension is kept ("a.jpg" -> "a.jpg.png") so "a.jpg" and "a.png" cannot collide.
-    return out_dir / relative.with_name(relative.name + ".png")
+    name = parts[-1] + ".png"
+    if max(len(part.encode()) for part in [*parts[:-1], f".{name}.tmp"]) > NAME_MAX_BYTES:
+        raise refuse(f"a part is longer than {NAME_MAX_BYTES - 9} bytes, too long for a file name")
+    path = out_dir.joinpath(*parts[:-1], name)
+    if len(str(path).encode()) > PATH_MAX_BYTES:
+        raise refuse(f"the path would be longer than {PATH_MAX_BYTES} bytes")
+    return path
 
 
 def decode_to_file(archive, item_id: str, out_path: Path) -> Path:
@@ -140,8 +177,8 @@ class DecodeStage:
     """Ray Data callable class: a batch of ids -> PNG files, or PNG bytes when ``out_dir`` is None (one
     archive and codec opened per actor)."""
 
-    def __init__(self, archive, out_dir: str | None):
-        self.archive = _archive(archive)
+    def __init__(self, archive, out_dir: str | None, model: str | None = None, allow_model_urls=()):
+        self.archive = _archive(archive, model, allow_model_urls)
         self.out_dir = None if out_dir is None else Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,28 +216,35 @@ class DecodeSummary:
 def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None = None,
                    batch_size: int = 8, concurrency: int | None = None, progress=print, *,
                    positions: slice | None = None, format: str = "png", use_ray: bool | None = None,
-                   address: str | None = None) -> DecodeSummary:
+                   address: str | None = None, model: str | None = None, allow_model_urls=()) -> DecodeSummary:
     """Regenerate ``ids`` (or ``positions``; default: all) of an archive: PNG files in the folder ``out``,
     or (``format="parquet"``) one Parquet shard of PNG bytes at the file ``out``.
 
     Everything is checked before any decoding (the ids, the output location, the archive's model), and the
     work goes to Ray (started with ``address`` unless initialised) only when ``use_ray`` says so, by default
-    when more than :data:`RAY_MIN_IDS` ids are left to decode; fewer decode in this process."""
+    when more than :data:`RAY_MIN_IDS` ids are left to decode; fewer decode in this process. What cannot be
+    decoded is recorded in the summary's failures and the rest is decoded: damaged segments or rows of the
+    listing (by id, or ``<segment N ...>``), ids that cannot name their PNG file, corrupt items. ``model``
+    and ``allow_model_urls``: as for :func:`~latentzip.pipeline.archive.open_archive`."""
     if format not in FORMATS:
         raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
     started = time.perf_counter()
     out = Path(out)
     check_output(out, format)
-    reader = _archive(archive)
-    wanted = select_ids(reader, ids, positions)
-    todo = wanted if format == "parquet" else [i for i in wanted if not output_path(out, i).exists()]
-    decoded, failures = 0, {}
+    reader = _archive(archive, model, allow_model_urls)
+    if ids is not None:
+        wanted, failures = select_ids(reader, ids), {}
+    else:
+        wanted, failures = listed_ids(reader, positions)
+    todo, skipped = _plan(wanted, out, format, failures)
+    decoded = 0
     writer = None
     if todo:
         archive_codec(reader, todo[0], f"{len(todo)} ids (first {todo[0]!r})")  # fail before any work, not per id
         on_ray = len(todo) > RAY_MIN_IDS if use_ray is None else use_ray
-        batches = (_ray_batches(str(reader.path), todo, out, format, batch_size, concurrency, address) if on_ray
-                   else _local_batches(reader, todo, out, format, batch_size))
+        options = {"model": reader.model_override, "allow_model_urls": reader.allow_model_urls}
+        batches = (_ray_batches(str(reader.path), todo, out, format, batch_size, concurrency, address, options)
+                   if on_ray else _local_batches(reader, todo, out, format, batch_size))
         tmp = out.with_name(f".{out.name}.tmp")
         if format == "parquet":
             import pyarrow as pa
@@ -225,7 +269,24 @@ def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None =
                 writer.close()
         if writer is not None:
             os.replace(tmp, out)
-    return DecodeSummary(str(out), decoded, len(wanted) - len(todo), failures, time.perf_counter() - started)
+    return DecodeSummary(str(out), decoded, skipped, failures, time.perf_counter() - started)
+
+
+def _plan(wanted: list[str], out: Path, format: str, failures: dict[str, str]) -> tuple[list[str], int]:
+    """(ids to decode, how many PNGs are already there); ids that cannot be written go to ``failures``."""
+    todo, skipped = [], 0
+    for item_id in wanted:
+        try:
+            if not is_utf8(item_id):
+                raise ValueError(f"id {item_id!r} is not valid UTF-8: it cannot be written as an id or a file name")
+            if format == "png" and output_path(out, item_id).exists():
+                skipped += 1
+                continue
+        except (ValueError, OSError) as exc:
+            failures[item_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        todo.append(item_id)
+    return todo, skipped
 
 
 def check_output(out: Path, format: str) -> None:
@@ -250,7 +311,7 @@ def _local_batches(reader, todo: list[str], out: Path, format: str, batch_size: 
 
 
 def _ray_batches(archive: str, todo: list[str], out: Path, format: str, batch_size: int,
-                 concurrency: int | None, address: str | None):
+                 concurrency: int | None, address: str | None, options: dict):
     import ray
 
     from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
@@ -259,7 +320,7 @@ def _ray_batches(archive: str, todo: list[str], out: Path, format: str, batch_si
     ds = ray.data.from_items([{"id": i} for i in todo], override_num_blocks=max(1, len(todo) // batch_size))
     ds = ds.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={"archive": archive, "out_dir": None if format == "parquet" else str(out)},
+        fn_constructor_kwargs={"archive": archive, "out_dir": None if format == "parquet" else str(out), **options},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency or max(1, min(cluster_cpus() - 1, len(todo)))),

@@ -35,6 +35,7 @@ from latentzip.codecs.registry import check_codec_name, load_codec, load_learned
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item, check_archive_location
 from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, check_max_file_bytes, read_input, split_names
+from latentzip.pipeline.progress import Progress
 from latentzip.pipeline.shards import is_shards, shard_paths
 from PIL import Image
 
@@ -107,6 +108,13 @@ def fast_analysis(model: torch.nn.Module) -> None:
     g_a.forward = types.MethodType(forward, g_a)
 
 
+def _rows(unit: str, start: int, out: dict[str, list]) -> dict[str, np.ndarray]:
+    """One chunk's result rows as a Ray Data batch: rows ``start``… of ``unit``."""
+    dtypes = {"row": np.int64, "height": np.int64, "width": np.int64}
+    columns = {"unit": [unit] * len(out["id"]), "row": list(range(start, start + len(out["id"]))), **out}
+    return {name: np.array(values, dtype=dtypes.get(name, object)) for name, values in columns.items()}
+
+
 class EncodeStage:
     """Ray Data callable class: a batch of units -> one row per image of those units.
 
@@ -126,26 +134,29 @@ class EncodeStage:
         if precision == "bf16":
             fast_analysis(self.codec.model)
         self.readers = ThreadPoolExecutor(max_workers=max(1, threads or 1))
+        self.chunk = max(1, max_batch)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns: dict[str, list] = {"unit": [], "row": []}
+    def __call__(self, batch: dict[str, np.ndarray]):
+        """Yields the rows of each unit a chunk of ``max_batch`` images at a time, so the driver sees (and
+        counts) images as they are encoded, not only when a whole unit is done."""
         for u, unit in enumerate(batch["unit"]):
             if "files" in batch:
                 ids = str(batch["files"][u]).split("\0")
                 folder = str(batch["folder"][u])
                 refused = json.loads(str(batch["refused"][u])) if "refused" in batch else {}
-                read = list(self.readers.map(self._read_file, [folder] * len(ids), ids,
-                                             [refused.get(item_id, "") for item_id in ids]))
-                out = self.encode_rows(ids, [data for data, _ in read], [error for _, error in read])
+                for start in range(0, len(ids), self.chunk):
+                    chunk = ids[start:start + self.chunk]
+                    read = list(self.readers.map(self._read_file, [folder] * len(chunk), chunk,
+                                                 [refused.get(item_id, "") for item_id in chunk]))
+                    out = self.encode_rows(chunk, [data for data, _ in read], [error for _, error in read])
+                    yield _rows(str(unit), start, out)
             else:
                 table = storage.read_table(str(unit), columns=["id", "image"])
-                out = self.encode_rows(table.column("id").to_pylist(), table.column("image").to_pylist())
-            columns["unit"] += [str(unit)] * len(out["id"])
-            columns["row"] += list(range(len(out["id"])))
-            for name, values in out.items():
-                columns.setdefault(name, []).extend(values)
-        dtypes = {"row": np.int64, "height": np.int64, "width": np.int64}
-        return {name: np.array(values, dtype=dtypes.get(name, object)) for name, values in columns.items()}
+                ids, images = table.column("id").to_pylist(), table.column("image")
+                for start in range(0, len(ids), self.chunk):
+                    out = self.encode_rows(ids[start:start + self.chunk],
+                                           images.slice(start, self.chunk).to_pylist())
+                    yield _rows(str(unit), start, out)
 
     def encode_rows(self, ids: list[str], blobs: list[bytes], read_errors: list[str] | None = None) -> dict[str, list]:
         """Decode (in parallel threads) and encode; per row: id, data, height, width, mode, error.
@@ -205,6 +216,12 @@ def _open(data: bytes) -> tuple[Image.Image | None, str, str]:
         return None, "", f"not a readable image: {type(exc).__name__}: {exc}"
 
 
+def bpp_text(mean_bpp: float, total_bpp: float) -> str:
+    """The two bpp of a set of images, each labelled: the mean over images (report's and model cards'
+    figure) and the pixel-weighted total (all bytes / all pixels)."""
+    return f"{mean_bpp:.4f} bpp mean over images ({total_bpp:.4f} bpp all bytes / all pixels)"
+
+
 @dataclass
 class EncodeSummary:
     archive: str
@@ -219,10 +236,17 @@ class EncodeSummary:
     skipped_units: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     unit_kind: str = "shards"
+    bpp_sum: float = 0.0  # the sum over images of each image's bpp (mean_bpp divides it by images)
 
     @property
     def bpp(self) -> float:
+        """Pixel-weighted: all bytes x 8 / all pixels (large images weigh more)."""
         return self.num_bytes * 8 / self.pixels if self.pixels else float("nan")
+
+    @property
+    def mean_bpp(self) -> float:
+        """The mean over images of each image's bpp: what report, bench rd and model cards print."""
+        return self.bpp_sum / self.images if self.images else float("nan")
 
     @property
     def images_per_s(self) -> float:
@@ -235,7 +259,7 @@ class EncodeSummary:
         text = (f"encoded {self.images} images from {self.units} {self.unit_kind} ({self.skipped_units} "
                 f"{self.unit_kind}, "
                 f"{self.skipped} images, already in the archive; {self.failures} failed) into {self.archive}: "
-                f"{self.num_bytes} bytes, {self.bpp:.4f} bpp, {self.images_per_s:.2f} images/s")
+                f"{self.num_bytes} bytes, {bpp_text(self.mean_bpp, self.bpp)}, {self.images_per_s:.2f} images/s")
         if self.reasons:
             text += "\nfailures by reason (the archive's errors table has each id):\n" + "\n".join(
                 f"  {count:6d}  {reason}" for reason, count in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
@@ -255,6 +279,7 @@ class _UnitWriter:
         self.written: set[str] = set()
         self.new_ids: dict[str, str] = {}  # id -> unit, for ids written by this job
         self.images = self.failures = self.num_bytes = self.pixels = 0
+        self.bpp_sum = 0.0
         self.reasons: Counter = Counter()
 
     def add(self, batch: dict[str, np.ndarray]) -> list[str]:
@@ -291,6 +316,7 @@ class _UnitWriter:
         self.failures += len(failures)
         self.num_bytes += sum(len(item.data) for item in items)
         self.pixels += sum(item.height * item.width for item in items)
+        self.bpp_sum += sum(len(item.data) * 8 / (item.height * item.width) for item in items)
         self.reasons.update(_reason_kind(f.reason) for f in failures)
 
 
@@ -357,7 +383,11 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         # One CPU stays free for Ray Data's own tasks: an actor pool holding every CPU starves them.
         actors = concurrency or max(1, min(len(todo), gpus or cpus - 1))
         threads = 1 if gpus else max(1, cpus // actors)
-        ray.data.DataContext.get_current().max_errored_blocks = 0
+        context = ray.data.DataContext.get_current()
+        context.max_errored_blocks = 0
+        # Every chunk the encode stage yields becomes a block of its own (Ray Data would otherwise gather a
+        # unit's chunks into one block): the driver counts images as they are encoded. Restored below.
+        saved_block_size, context.target_max_block_size = context.target_max_block_size, 1
         rows = [{"unit": u.name} if not u.files else
                 {"unit": u.name, "folder": u.folder, "files": "\0".join(u.files),
                  "refused": json.dumps(dict((f, r) for f, r in zip(u.files, u.refused) if r))} for u in todo]
@@ -374,20 +404,27 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
             num_gpus=1 if gpus else 0,
             num_cpus=1,
         )
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if units.add(batch) and progress:
+        bar = Progress(total, "encode", progress)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                finished = units.add(batch)
                 elapsed = time.perf_counter() - started
                 done = units.images + units.failures
-                progress(f"encode: {len(units.written)}/{len(todo)} {kind}, {done}/{total} images, "
-                         f"{units.failures} failed, {units.images / elapsed:.2f} images/s, "
-                         f"{units.num_bytes * 8 / max(units.pixels, 1):.4f} bpp")
+                mean_bpp, total_bpp = units.bpp_sum / max(units.images, 1), units.num_bytes * 8 / max(units.pixels, 1)
+                bar.advance(len(batch["id"]), postfix=f"{units.failures} failed, {mean_bpp:.4f} bpp",
+                            line=finished and f"encode: {len(units.written)}/{len(todo)} {kind}, {done}/{total} "
+                                              f"images, {units.failures} failed, {units.images / elapsed:.2f} "
+                                              f"images/s, {bpp_text(mean_bpp, total_bpp)}")
+        finally:
+            bar.close()
+            context.target_max_block_size = saved_block_size
         missing = [u.name for u in todo if u.name not in units.written]
         if missing:  # Ray Data finished without every unit: never report success for that
             raise RuntimeError(f"encode job {job_id} ended without results for {kind} {missing}")
     new_units = len(all_units) - sum(u.name in completed for u in all_units)
     summary = EncodeSummary(str(archive), job_id, units.images, skipped, units.failures, units.num_bytes,
                             units.pixels, time.perf_counter() - started, new_units,
-                            len(all_units) - new_units, dict(units.reasons), kind)
+                            len(all_units) - new_units, dict(units.reasons), kind, units.bpp_sum)
     record = {k: v for k, v in asdict(summary).items() if k not in ("archive", "job_id")}
     writer.finish_job(record, job_id)
     return summary

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,16 @@ def _e(value) -> str:
     return html.escape(str(value))
 
 
+def _prose(text: str) -> str:
+    """Markdown-flavoured prose (``**bold**``, `` `code` ``) as HTML, escaped."""
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", _e(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
+#: The metrics as a reader names them (the summary's column names are internal).
+METRIC_NAMES = {"mean_psnr_db": "PSNR", "mean_ms_ssim": "MS-SSIM"}
+
+
 def _table(head: list[str], body: list[list[str]], classes: list[str] | None = None) -> str:
     rows = "".join(f"<tr class='{_e(c)}'>" + "".join(body_cell for body_cell in r) + "</tr>"
                    for r, c in zip(body, classes or [""] * len(body)))
@@ -92,7 +103,7 @@ def _bd_section(bd) -> str:
     body = []
     for row in bd:
         label, unit = METRICS[row.metric]
-        body.append([_td(row.learned), _td(row.anchor), _td(row.metric.removeprefix("mean_")),
+        body.append([_td(row.learned), _td(row.anchor), _td(METRIC_NAMES.get(row.metric, row.metric)),
                      _signed(row.bd_rate_pct, 1, " %", better_if_negative=True),
                      _signed(row.bd_quality, 3 if unit == "dB" else 4, f" {unit}" if unit == "dB" else ""),
                      _td(f"{label}"), _td(f"{row.learned_points}/{row.anchor_points}", True),
@@ -136,13 +147,13 @@ def write_html(path: Path, header: dict, summary, bd, plots: list[Path], rows, e
              "<title>latentzip rate-distortion report</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>Rate-distortion report</h1><dl>"]
     parts += [f"<dt>{_e(k)}</dt><dd>{_e(str(v).replace('`', ''))}</dd>" for k, v in header.items()]
-    parts += ["</dl>", f"<p class='note'>{_e(CONVENTIONS)}</p>", "<h2>Rate–distortion curves</h2>"]
+    parts += ["</dl>", f"<p class='note'>{_prose(CONVENTIONS)}</p>", "<h2>Rate–distortion curves</h2>"]
     for plot in plots:
         data = base64.b64encode(Path(plot).read_bytes()).decode("ascii")
         parts.append(f"<figure><img alt='{_e(plot.stem)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption class='note'>{_e(plot.name)}</figcaption></figure>")
     parts += ["<h2>BD-rate against the classical codecs</h2>",
-              f"<p class='note'>{_e(BD_CONVENTIONS.replace('**', ''))}</p>", _bd_section(bd),
+              f"<p class='note'>{_prose(BD_CONVENTIONS)}</p>", _bd_section(bd),
               "<h2>Means per codec and quality</h2>", _summary_section(summary)]
     if coverage:
         parts += ["<h2>Classical sweeps against the learned bpp range</h2><ul>"]

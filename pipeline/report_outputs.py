@@ -154,7 +154,9 @@ def seconds(value: float) -> str:
 
 CONVENTIONS = (
     "bpp is computed from the bytes actually stored (the archive's bitstream containers or, encoding on the "
-    "fly, the learned codec's whole container; the classical codecs' whole files), never from likelihoods. "
+    "fly, the learned codec's whole container; the classical codecs' whole files), never from likelihoods; "
+    "\"mean bpp\" is the mean over images of each image's bpp (as in model cards; `latentzip encode` prints it "
+    "beside the pixel-weighted all bytes / all pixels). "
     f"PSNR is over RGB with peak 255, averaged per image. MS-SSIM is NaN (n/a) for images with a side under "
     f"{MS_SSIM_MIN_SIDE} px; its mean is over the images where it is defined. A learned model's encode time is "
     "only measured when it encodes on the fly (not for archives: encoding happened in the encode job). Times "

@@ -1,8 +1,16 @@
 """Verify an archive: every item's bytes against its checksum, the index against the items, the counts
-against the group attributes, and optionally a decoded sample. Problems are reported per id.
+against the group attributes, the archive's model, and optionally a decoded sample. Problems are reported
+per id, per segment or per array.
 
-Reads every segment once, in order (memory: one segment's bytes plus the index); uses only the public
-reading methods of :class:`~latentzip.pipeline.archive.Archive`, so it needs no zarr of its own.
+Never raises for a damaged archive: whatever zarr, numcodecs or the file system raise while one part is
+read becomes a finding for that part, and the rest is still checked. Reads every segment once, in order
+(memory: one segment's bytes plus the index); uses only the public reading methods of
+:class:`~latentzip.pipeline.archive.Archive`, so it needs no zarr of its own.
+
+Format 3 archives checksum each id together with its bytes, so a row moved, swapped or duplicated fails
+it. Format 2 archives checksum the bytes only: verify still checks each id's hash (``key``), the index
+and the counts, but two rows whose bitstreams were exchanged with their checksums are not detected (a
+note says so).
 """
 
 from __future__ import annotations
@@ -12,8 +20,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from latentzip.codecs.bitstream import BitstreamError, unpack
-from latentzip.pipeline.archive import FAILED, OK, I, S, checksum, id_key, open_archive
+from latentzip.pipeline.archive import (FAILED, ArchiveCorruptError, I, S, id_bytes, id_key, item_checksum,
+                                        open_archive)
+from latentzip.pipeline.archive_checks import ID_BOUND_VERSION, describe_exception, index_problems
+
+ARRAYS = ("items", "ids", "bitstreams", "reasons", "segments")
 
 
 @dataclass
@@ -30,7 +44,8 @@ class VerifyReport:
         return not self.problems
 
     def describe(self) -> str:
-        lines = [f"{item_id}: {problem}" for item_id, problem in self.problems]
+        lines = [f"{item_id!r}: {problem}" if _odd(item_id) else f"{item_id}: {problem}"
+                 for item_id, problem in self.problems]
         lines += [f"note: {note}" for note in self.notes]
         verdict = "OK" if self.ok else f"{len(self.problems)} PROBLEMS"
         lines.append(f"verify {self.archive}: {verdict} - {self.items} items checked "
@@ -38,82 +53,186 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_archive(path: str | Path, decode_sample: int = 0, seed: int = 0) -> VerifyReport:
-    archive = open_archive(path)
-    report = VerifyReport(str(path))
-    problem = report.problems.append
-    model_id = bytes.fromhex(archive.model_id)
-    entries = defaultdict(set)
-    for key, row in archive.index_entries().tolist():
-        entries[key].add(row)
-    index_meta = archive.meta["index"]
-    rows_of: dict[str, int] = {}
-    unindexed: set[int] = set()
-    for number, seg in enumerate(archive.segments()):
+def _odd(item_id: str) -> bool:
+    """An id printed quoted: empty, with spaces at either end or characters that are not printable UTF-8."""
+    return not item_id or item_id != item_id.strip() or not item_id.isprintable()
+
+
+def verify_archive(path, decode_sample: int = 0, seed: int = 0, model: str | None = None,
+                   allow_model_urls=()) -> VerifyReport:
+    """Check an archive (a path or URL, or an :class:`~latentzip.pipeline.archive.Archive` already open,
+    whose ``model`` options then apply); raises ArchiveError only when ``path`` is not a latentzip archive
+    of a version this release reads (damaged attributes are a finding)."""
+    if isinstance(path, (str, Path)):
+        report = VerifyReport(str(path))
         try:
-            rows, ids, blob = archive.read_segment(seg)
-        except ValueError as exc:
-            problem((f"<segment {number}>", f"unreadable, a zarr chunk fails its checksum: {exc}"))
-            continue
-        base = int(seg[S["bytes_start"]])
-        indexed = number < index_meta["segments"]
-        for row, record, item_id in zip(range(int(seg[S["row_start"]]), 1 << 62), rows, ids):
-            if record[I["segment"]] != number:
-                problem((item_id, f"row names segment {record[I['segment']]}, stored in segment {number}"))
-            if record[I["key"]] != id_key(item_id):
-                problem((item_id, "index key column does not match the id's hash"))
-            if record[I["status"]] == FAILED:
-                report.failures += 1
-                continue
-            if record[I["status"]] != OK:
-                problem((item_id, f"unknown status {record[I['status']]}"))
-                continue
-            report.items += 1
-            start = int(record[I["offset"]]) - base
-            data = blob[start : start + int(record[I["length"]])]
-            if len(data) != int(record[I["length"]]) or checksum(data) != int(record[I["checksum"]]):
-                problem((item_id, "stored bytes fail their CRC-32C"))
-                continue
-            try:
-                stream = unpack(data, expected_model_id=model_id)
-                if (stream.height, stream.width) != (int(record[I["height"]]), int(record[I["width"]])):
-                    problem((item_id, f"stream is {stream.height}x{stream.width}, row says "
-                                      f"{record[I['height']]}x{record[I['width']]}"))
-            except BitstreamError as exc:
-                problem((item_id, f"{type(exc).__name__}: {exc}"))
-            if item_id in rows_of:
-                problem((item_id, f"duplicate id (rows {rows_of[item_id]} and more)"))
-            rows_of.setdefault(item_id, row)
-            if not indexed:
-                unindexed.add(row)
-    _check_index(archive, rows_of, entries, unindexed, report)
+            archive = open_archive(path, model=model, allow_model_urls=allow_model_urls)
+        except ArchiveCorruptError as exc:
+            report.problems.append(("<archive>", str(exc)))
+            return report
+    else:
+        archive, report = path, VerifyReport(str(path.path))
+    if archive.version < ID_BOUND_VERSION:
+        report.notes.append(f"format {archive.version}: each checksum covers an item's bytes, not its id, so two rows "
+                            "whose bytes and checksums were exchanged are not detected (format 3 binds them)")
+    for name in ARRAYS:
+        if name not in archive.shapes():
+            report.problems.append((f"<{name}>", f"array cannot be opened: {_why_not(archive, name)}"))
+    rows_of, unindexed = _check_items(archive, report)
+    _check_index(archive, rows_of, unindexed, report)
     if report.items != archive.meta["count"] or report.failures != archive.meta["failures"]:
-        problem(("<archive>", f"attributes count {archive.meta['count']} items and {archive.meta['failures']} "
-                              f"failures; the segments hold {report.items} and {report.failures}"))
-    if decode_sample:
-        ids = sorted(rows_of)
-        for item_id in random.Random(seed).sample(ids, min(decode_sample, len(ids))):
-            try:
-                archive.decode(item_id)
-                report.decoded += 1
-            except Exception as exc:  # noqa: BLE001 - reported per id
-                problem((item_id, f"decode failed: {type(exc).__name__}: {exc}"))
+        report.problems.append(("<archive>", f"attributes count {archive.meta['count']} items and "
+                                             f"{archive.meta['failures']} failures; the segments hold {report.items} "
+                                             f"and {report.failures}"))
+    _check_model(archive, rows_of, decode_sample, seed, report)
     return report
 
 
-def _check_index(archive, rows_of: dict[str, int], entries: dict[int, set], unindexed: set[int],
-                 report: VerifyReport) -> None:
-    """Every encoded id is in the index at its row, and every index entry is such an id."""
+def _why_not(archive, name: str) -> str:
+    try:
+        archive.group[name]
+    except Exception as exc:  # noqa: BLE001 - the reason is the finding
+        return describe_exception(exc)
+    return "unknown"
+
+
+def _check_items(archive, report: VerifyReport) -> tuple[dict[str, int], set[int]]:
+    """Every segment and row: fields, ids, checksums, stream headers. Returns id -> row, unindexed rows."""
+    problem = report.problems.append
+    model_id = bytes.fromhex(archive.model_id)
+    index_meta, ends = archive.meta["index"], archive.meta["ends"]
+    rows_of: dict[str, int] = {}
+    unindexed: set[int] = set()
+    previous_end = {"items": 0, "ids": 0, "bitstreams": 0, "reasons": 0}
+    for number, seg, rows, ids, seg_problem in archive.scan():
+        where = f"<segment {number}>" if number >= 0 else "<segments>"
+        if seg_problem is not None:
+            problem((where, seg_problem))
+            continue
+        _check_segment_layout(number, seg, previous_end, ends, report)
+        base = int(seg[S["bytes_start"]])
+        try:
+            blob = archive.read_bytes("bitstreams", base, int(seg[S["num_bytes"]]))
+        except Exception as exc:  # noqa: BLE001 - a damaged shard or chunk: every id of the segment is unreadable
+            problem((where, f"bitstreams cannot be read: {describe_exception(exc)}"))
+            blob = None
+        indexed = number < index_meta["segments"]
+        for offset, (record, (item_id, row_problem)) in enumerate(zip(rows, ids)):
+            row = int(seg[S["row_start"]]) + offset
+            if row_problem is not None:
+                problem((item_id, row_problem))
+                continue
+            if record[I["status"]] == FAILED:
+                report.failures += 1
+                continue
+            report.items += 1
+            if item_id in rows_of:
+                problem((item_id, f"duplicate id (rows {rows_of[item_id]} and {row})"))
+            rows_of.setdefault(item_id, row)
+            if not indexed:
+                unindexed.add(row)
+            if blob is None:
+                problem((item_id, "unreadable: its segment's bitstreams are damaged"))
+                continue
+            _check_stream(archive, item_id, record, blob, base, model_id, report)
+    return rows_of, unindexed
+
+
+def _check_segment_layout(number: int, seg, previous_end: dict, ends: dict, report: VerifyReport) -> None:
+    """Segments follow each other without overlapping, and the attribute ``ends`` (where the next writer
+    starts) lies past every committed segment, so an append cannot overwrite one."""
+    for name, start, length in (("items", S["row_start"], S["rows"]), ("ids", S["ids_start"], S["ids_bytes"]),
+                                ("bitstreams", S["bytes_start"], S["num_bytes"]),
+                                ("reasons", S["reasons_start"], S["reasons_bytes"])):
+        lo, hi = int(seg[start]), int(seg[start]) + int(seg[length])
+        if hi > lo and lo < previous_end[name]:
+            report.problems.append((f"<segment {number}>", f"its {name} [{lo}, {hi}) overlap the previous segment's"))
+        if hi > ends[name]:
+            report.problems.append((f"<segment {number}>", f"its {name} end at {hi}, past attribute ends.{name} = "
+                                                           f"{ends[name]}: the next append would overwrite them"))
+        previous_end[name] = max(previous_end[name], hi)
+
+
+def _check_stream(archive, item_id: str, record, blob: bytes, base: int, model_id: bytes, report) -> None:
+    start, length = int(record[I["offset"]]) - base, int(record[I["length"]])
+    data = blob[start : start + length]
+    if len(data) != length or item_checksum(archive.version, id_bytes(item_id), data) != int(record[I["checksum"]]):
+        what = "id and bytes fail" if archive.version >= ID_BOUND_VERSION else "stored bytes fail"
+        report.problems.append((item_id, f"{what} their CRC-32C"))
+        return
+    try:
+        stream = unpack(data, expected_model_id=model_id)
+    except BitstreamError as exc:
+        report.problems.append((item_id, f"{type(exc).__name__}: {exc}"))
+        return
+    if (stream.height, stream.width) != (int(record[I["height"]]), int(record[I["width"]])):
+        report.problems.append((item_id, f"stream is {stream.height}x{stream.width}, row says "
+                                         f"{record[I['height']]}x{record[I['width']]}"))
+
+
+def _check_index(archive, rows_of: dict[str, int], unindexed: set[int], report: VerifyReport) -> None:
+    """The index both ways: every encoded id is reachable through it (its entry at its row, in the probe
+    chunk a lookup reads for the attributes' capacity), and every entry names such an id."""
+    index = archive.meta["index"]
+    problem = report.problems.append
+    if index["segments"] > archive.meta["segments"]:
+        problem(("<index>", f"attributes say it covers {index['segments']} segments, only "
+                            f"{archive.meta['segments']} are committed"))
+    entries = defaultdict(set)
+    # A writer keeps the table between 2x and about 8x its entries (at least 4096 slots): a capacity far
+    # beyond that is not read (a forged one could ask for terabytes), it is a finding.
+    plausible = max(1 << 13, 16 * (len(rows_of) + len(unindexed) + 1))
+    if index["capacity"] > plausible:
+        problem(("<index>", f"attribute index.capacity {index['capacity']} is implausible for {len(rows_of)} items "
+                            "(not read)"))
+        return
+    if index["capacity"]:
+        try:
+            table, chunk = archive.index_table(limit=plausible)
+        except Exception as exc:  # noqa: BLE001
+            problem(("<index>", f"index array {index['array']!r} cannot be read: {describe_exception(exc)}"))
+            for item_id, row in rows_of.items():
+                if row not in unindexed:
+                    problem((item_id, "not reachable: the index cannot be read"))
+            return
+        positions = np.flatnonzero(table[:, 0] != 0)
+        for message in index_problems(len(table), index["capacity"], chunk, positions, table[positions, 0]):
+            problem(("<index>", message))
+        for key, row in table[positions].tolist():
+            entries[key].add(row)
     for item_id, row in rows_of.items():
         if row not in entries.get(id_key(item_id), ()) and row not in unindexed:
-            report.problems.append((item_id, f"not in the index (row {row})"))
+            problem((item_id, f"not in the index (row {row})"))
     valid = set(rows_of.values())
-    stale = [(key, row) for key, rows in entries.items() for row in rows if row not in valid]
-    for key, row in stale:
-        report.problems.append(("<index>", f"entry {key:#x} -> row {row} names no encoded item"))
+    for key, rows in entries.items():
+        for row in rows:
+            if row not in valid:
+                problem(("<index>", f"entry {key:#x} -> row {row} names no encoded item"))
     total = sum(len(rows) for rows in entries.values())
-    if total != archive.meta["index"]["entries"]:
-        report.problems.append(("<index>", f"holds {total} entries, attributes say {archive.meta['index']['entries']}"))
+    if total != index["entries"]:
+        problem(("<index>", f"holds {total} entries, attributes say {index['entries']}"))
     if unindexed:
         report.notes.append(f"{len(unindexed)} items of segments committed after the index was last updated "
                             "(looked up by scanning; the next writer folds them in)")
+
+
+def _check_model(archive, rows_of: dict[str, int], decode_sample: int, seed: int, report: VerifyReport) -> None:
+    """The model the archive names loads and is the one that wrote it, and a sample of ids decodes to the
+    size its row records. A remote model is fetched only when asked (``model``, ``allow_model_urls``), as
+    decode does; otherwise that is a problem: the archive cannot be decoded as it stands."""
+    try:
+        archive.codec()
+    except Exception as exc:  # noqa: BLE001 - an archive whose model cannot be loaded cannot be decoded here
+        report.problems.append(("<model>", f"{describe_exception(exc)}"))
+        return
+    ids = sorted(rows_of)
+    for item_id in random.Random(seed).sample(ids, min(decode_sample, len(ids))):
+        try:
+            image = archive.decode(item_id)
+            record = archive.item(item_id)
+            if image.size != (record.width, record.height):
+                raise ValueError(f"decodes to {image.size[0]}x{image.size[1]}, the row says {record.width}x{record.height}")
+            report.decoded += 1
+        except Exception as exc:  # noqa: BLE001 - reported per id
+            report.problems.append((item_id, f"decode failed: {type(exc).__name__}: {exc}"))
+

@@ -82,7 +82,7 @@ def summary_line(name: str, document: dict) -> str:
     if "steps" in card:
         parts.append(f"{card['steps']} steps")
     if validation:
-        parts.append(f"val {validation['bpp']:.3f} bpp {validation['psnr_db']:.2f} dB "
+        parts.append(f"val {validation['bpp']:.3f} bpp (mean over images) {validation['psnr_db']:.2f} dB "
                      f"MS-SSIM {validation['ms_ssim']:.4f} ({validation['images']} images)")
     return "  ".join(parts)
 
@@ -130,7 +130,7 @@ def model_card(name: str, document: dict) -> str:
         lines.append("| runs | " + "; ".join(parts) + " |")
     if validation:
         lines.append(f"| validation | {validation['images']} images of `{Path(validation['source']).name}`: "
-                     f"{validation['bpp']:.4f} bpp, {validation['psnr_db']:.3f} dB PSNR, "
+                     f"{validation['bpp']:.4f} bpp (mean over images), {validation['psnr_db']:.3f} dB PSNR, "
                      f"MS-SSIM {validation['ms_ssim']:.4f} (real bitstreams, decoded) |")
         lines += ["", "| image | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
         for row in validation["per_image"]:

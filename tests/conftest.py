@@ -25,7 +25,7 @@ Fixtures
     text file, ``truncated.jpg`` half of a JPEG) and a hidden ``.DS_Store`` that ingest must ignore.
     ``ImageFolder.good`` maps id -> (width, height), ``ImageFolder.bad`` lists the bad ids.
 ``ray_local`` (session)
-    A local Ray cluster for pipeline tests: ``ray.init(num_cpus=2, include_dashboard=False)`` unless Ray is
+    A local Ray cluster for pipeline tests: ``start_pinned(num_cpus=2, include_dashboard=False)`` unless Ray is
     already initialised (then the existing one is used). Shut down at the end of the session only if this
     fixture started it. Request it in any test that runs a Ray Data job (``encode()``, ``decode_archive()``).
 
@@ -148,12 +148,19 @@ def image_folder_factory(_sample_image_cache):
 @pytest.fixture(scope="session")
 def ray_local():
     """A local 2-CPU Ray cluster for the session (reuses one that is already initialised)."""
+    import os
+
     import ray
 
-    started = False
+    from latentzip.pipeline.raycluster import PINNED, start_pinned
+
+    started, saved = False, {name: os.environ.get(name) for name in ("RAY_ADDRESS", PINNED)}
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never join a cluster found on the machine
+        # A new cluster, pinned (RAY_ADDRESS) as the jobs' embedded ones are: never one found on the machine.
+        start_pinned(num_cpus=2, include_dashboard=False)
         started = True
     yield ray
     if started:
         ray.shutdown()
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)

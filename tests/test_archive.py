@@ -49,7 +49,7 @@ def test_plain_zarr_v3_reader_sees_the_layout(tmp_path, codec, tiny_codec_dir):
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["node_type"] == "group"
     meta = root["attributes"]["latentzip"]
-    assert meta["format_version"] == 2 and meta["count"] == 3 and meta["failures"] == 1
+    assert meta["format_version"] == 3 and meta["count"] == 3 and meta["failures"] == 1
     for name in (*ARRAYS, meta["index"]["array"]):
         array_meta = json.loads((path / name / "zarr.json").read_text())
         assert array_meta["zarr_format"] == 3 and array_meta["node_type"] == "array", name
@@ -305,7 +305,7 @@ def test_verify_clean_then_problems_per_id(tmp_path, codec, tiny_codec_dir, samp
     index[:] = table
     assert verify.main([str(path)]) == 1
     printed = capsys.readouterr().out
-    assert "img-1.png: stored bytes fail their CRC-32C" in printed
+    assert "img-1.png: id and bytes fail their CRC-32C" in printed
     assert "img-2.png: not in the index" in printed
     assert "img-0.png" not in printed
     assert verify.main([str(tmp_path / "nothing.zarr")]) == 2

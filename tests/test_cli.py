@@ -122,3 +122,17 @@ def test_demo_command(local_ray, photos, tmp_path, capsys):
     decoded = sorted((tmp_path / "demo" / "decoded").glob("*.png"))
     assert len(decoded) == 3
     assert all(np.asarray(Image.open(p)).shape == (72, 96, 3) for p in decoded)
+
+
+def test_demo_completes_the_zoo_curve_and_says_where_it_stands(tmp_path):
+    from latentzip.pipeline.bdrate import BDResult
+
+    siblings = demo.zoo_siblings("mean-scale-q5")
+    assert "mean-scale-q5" in siblings and {"mean-scale-q2", "mean-scale-q3"} <= set(siblings)
+    assert demo.zoo_siblings(str(tmp_path)) == []  # a codec folder of its own: no siblings to add
+    row = lambda anchor, rate, metric="mean_psnr_db": BDResult("zoo", anchor, metric, rate, 0.1, 4, 4, 1, 1, "")
+    sentence = demo.standing([row("webp", -12.5), row("avif444", 34.1), row("jpeg", float("nan")),
+                              row("avif", -99.0, "mean_ms_ssim")], 6)
+    assert sentence.startswith("On these 6 images the learned codec (zoo) needs 12.5 % fewer bits than WebP, "
+                               "34.1 % more bits than AVIF (speed 4, 4:4:4) at equal PSNR")
+    assert "No BD-rate" in demo.standing([row("webp", float("nan"))], 6)

@@ -74,14 +74,20 @@ def test_encode_stage_falls_back_to_one_by_one(stage, codec, sample_images, monk
     assert "this one is bad" in out["error"][1] and out["data"][1] == b""
 
 
-def test_encode_stage_takes_whole_shards(stage, tmp_path, sample_images):
+def test_encode_stage_takes_whole_shards(stage, tiny_codec_dir, tmp_path, sample_images):
     rows = [{"id": f"img{i}.png", "image": png_bytes(im), "width": im.width, "height": im.height, "source": "x"}
             for i, im in enumerate(sample_images[:3])]
     shard = tmp_path / "shard-00000.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), shard)
-    out = stage({"unit": np.array([str(shard)], dtype=object)})
-    assert list(out["unit"]) == [str(shard)] * 3 and list(out["row"]) == [0, 1, 2]
-    assert list(out["id"]) == ["img0.png", "img1.png", "img2.png"] and not any(out["error"])
+    out = list(stage({"unit": np.array([str(shard)], dtype=object)}))
+    assert len(out) == 1 and list(out[0]["unit"]) == [str(shard)] * 3 and list(out[0]["row"]) == [0, 1, 2]
+    assert list(out[0]["id"]) == ["img0.png", "img1.png", "img2.png"] and not any(out[0]["error"])
+    # With max_batch 2 the rows come back two at a time (the driver counts images as they are encoded),
+    # numbered within their unit.
+    chunks = list(EncodeStage(str(tiny_codec_dir), threads=1, max_batch=2)({"unit": np.array([str(shard)], dtype=object)}))
+    assert [list(c["row"]) for c in chunks] == [[0, 1], [2]]
+    assert [i for c in chunks for i in c["id"]] == ["img0.png", "img1.png", "img2.png"]
+    assert [bytes(d) for c in chunks for d in c["data"]] == [bytes(d) for d in out[0]["data"]]
 
 
 @pytest.fixture(scope="module")
@@ -214,12 +220,17 @@ def own_cluster():
     """A head (no CPU, so every encoder actor lands on a worker) and two 1-CPU worker nodes of this test's
     own, replacing the session's Ray for the test; the session's 2-CPU local Ray is started again afterwards
     if one was running."""
+    import os
+
     import ray
     from ray.cluster_utils import Cluster
+
+    from latentzip.pipeline.raycluster import PINNED, start_pinned
 
     was_running = ray.is_initialized()
     if was_running:
         ray.shutdown()
+    saved = {name: os.environ.pop(name, None) for name in ("RAY_ADDRESS", PINNED)}  # the session's pin
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -230,7 +241,9 @@ def own_cluster():
         ray.shutdown()
         cluster.shutdown()
         if was_running:
-            ray.init(num_cpus=2, include_dashboard=False)
+            start_pinned(num_cpus=2, include_dashboard=False)
+        else:
+            os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
 def test_killed_node_leaves_every_image_exactly_once(own_cluster, tmp_path, sample_images, tiny_codec_dir):
@@ -343,3 +356,13 @@ def test_bad_inputs_are_encoded_by_policy_or_explained(ray_local, tmp_path, samp
         assert reason in errors[item_id], (item_id, errors[item_id])
     assert errors["dup.jpg"].startswith("duplicate id: already encoded from")
     assert verify.main([str(archive_path), "--decode-sample", "3"]) == 0
+
+
+def test_encode_summary_labels_both_bpp():
+    from latentzip.pipeline.encoding import EncodeSummary
+
+    # Two images: 100 bytes over 100x100 (0.08 bpp) and 100 bytes over 10x10 (8 bpp).
+    summary = EncodeSummary("a.zarr", "job", images=2, skipped=0, failures=0, num_bytes=200, pixels=10100,
+                            seconds=1.0, units=1, bpp_sum=0.08 + 8.0)
+    assert summary.mean_bpp == pytest.approx(4.04) and summary.bpp == pytest.approx(1600 / 10100)
+    assert "4.0400 bpp mean over images (0.1584 bpp all bytes / all pixels)" in summary.describe()

@@ -350,3 +350,12 @@ def test_pad_to_multiple_replicates_edges():
 def test_padded_size(size, expected):
     assert padded_size(*size, 64) == expected
     assert pad_to_multiple(torch.zeros(1, 3, *size), 64).shape[-2:] == expected
+
+
+def test_an_unrecognised_file_is_named_as_such_not_by_the_stream_object():
+    from latentzip.codecs.images import UnsupportedImageError, load_image
+
+    with pytest.raises(UnsupportedImageError) as caught:
+        load_image(b"this is not a jpeg")
+    assert str(caught.value) == "not a readable image: no image format recognised in its bytes"
+    assert "BytesIO" not in str(caught.value)

@@ -95,6 +95,22 @@ def test_loading_and_using_a_codec_imports_neither_compressai_datasets_nor_ray(t
     assert json.loads(_run(code, tmp_path).stdout) == []
 
 
+def test_scipy_stats_is_imported_only_when_a_prior_table_is_derived(tmp_path):
+    # compressai.entropy_models imports scipy.stats (about a second) for GaussianConditional.update() only.
+    code = (
+        "import sys, types\n"
+        "from PIL import Image\n"
+        "from latentzip.api import load_codec\n"
+        "codec = load_codec('mean-scale-q5')\n"
+        "codec.decode(codec.encode(Image.new('RGB', (64, 64), 'gray')))\n"
+        "loaded = lambda: type(sys.modules.get('scipy.stats')) is types.ModuleType\n"
+        "print(loaded())\n"
+        "codec.model.gaussian_conditional.update_scale_table(codec.model.gaussian_conditional.scale_table, force=True)\n"
+        "print(loaded())\n"
+    )
+    assert _run(code, tmp_path).stdout.split() == ["False", "True"]
+
+
 def test_zoo_listing_and_help_import_no_torch(tmp_path):
     code = (
         "import contextlib, io, json, sys\n"

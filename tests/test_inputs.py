@@ -156,6 +156,11 @@ ENCODE_CHILD = textwrap.dedent("""
              "files": np.array(["\\0".join(unit.files)]),
              "refused": np.array([json.dumps(dict((f, r) for f, r in zip(unit.files, unit.refused) if r))])}
     out = stage(batch)
+    if not isinstance(out, dict):  # a stage that yields its rows a chunk at a time
+        parts, out = list(out), {}
+        for part in parts:
+            for name, values in part.items():
+                out.setdefault(name, []).extend(values)
     print(json.dumps({str(i): {"error": str(e), "bytes": len(d)} for i, e, d in zip(out["id"], out["error"], out["data"])}))
 """)
 

@@ -116,6 +116,10 @@ def test_html_is_self_contained(made):
                     "Reference series"):
         assert heading in page
     assert "made-up reference" in page
+    # Prose as a reader sees it: no raw Markdown marks, no internal column names in the BD table.
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "`" not in text and "**" not in text and "<code>bjontegaard</code>" in page
+    assert ">psnr_db<" not in page and ">PSNR<" in page and ">MS-SSIM<" in page
 
 
 def test_outliers_compare_each_image_with_its_own_jpeg_curve():
