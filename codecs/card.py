@@ -13,6 +13,8 @@ CONFIG_FILE = "codec.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "latentzip-codec"
 FORMAT_VERSION = 1
+#: ``codec.json`` holds a config, a card and the integer prior's plan: kilobytes. Larger is refused unread.
+MAX_CARD_BYTES = 16 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -20,18 +22,29 @@ class CheckpointError(ValueError):
 
 
 def read_card(directory: str | Path) -> dict:
-    """The parsed ``codec.json`` of a codec directory, validated."""
+    """The parsed ``codec.json`` of a codec directory, validated: a JSON object of this format and version
+    with a model id of 32 hex digits, a ``config`` object and, if present, a ``card`` object. The values
+    of ``config`` are checked when weights are loaded (validation.py)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a codec directory (no {CONFIG_FILE})")
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise CheckpointError(f"{path} has {path.stat().st_size} bytes, more than a codec card's {MAX_CARD_BYTES}")
     try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if document.get("format") != FORMAT:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a latentzip codec card")
     if document.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has codec format version {document.get('format_version')}; this latentzip reads {FORMAT_VERSION}"
+            f"{path} has codec format version {document.get('format_version')!r:.40}; this latentzip reads {FORMAT_VERSION}"
         )
+    model_id = document.get("model_id")
+    if not (isinstance(model_id, str) and len(model_id) == 32 and all(c in "0123456789abcdef" for c in model_id)):
+        raise CheckpointError(f"{path}: model_id must be 32 lower-case hex digits, got {model_id!r:.40}")
+    if not isinstance(document.get("config"), dict):
+        raise CheckpointError(f"{path}: config must be a JSON object")
+    if not isinstance(document.get("card", {}), dict):
+        raise CheckpointError(f"{path}: card must be a JSON object")
     return document

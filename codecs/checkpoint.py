@@ -6,7 +6,8 @@ entropy-coder tables included, refreshed by ``update(force=True)`` before export
 
 The model id is the first 16 bytes of a SHA-256 over the canonical config and every tensor (name, dtype,
 shape, bytes). It travels in every bitstream, so a stream is never decoded by weights other than the ones
-that wrote it, and it is re-checked on load, so edited weights are caught.
+that wrote it, and it is re-checked on load, so edited weights are caught. A crafted folder can recompute
+it, so loading also checks every value before a model or the range coder sees it (validation.py).
 
 The config includes ``entropy_params`` (integer or float arithmetic for the prior), which is chosen when
 loading: every codec loads in integer mode unless asked for float. The stored id is verified against the
@@ -32,6 +33,7 @@ from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_
                                    CheckpointError, read_card)
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.integer_prior import FixedPointOverflowError
+from latentzip.codecs.validation import check_config, read_weights
 
 #: The arithmetic every codec loads with unless told otherwise (see docs/determinism.md).
 DEFAULT_ENTROPY_PARAMS = "integer"
@@ -115,23 +117,30 @@ def load_model(directory: str | Path, entropy_params: str | None = None) -> tupl
     """Load a codec directory written by :func:`export_codec`. Returns ``(model in eval mode, card)``.
 
     ``entropy_params``: ``"integer"`` (default) or ``"float"``; the card returned has that mode's config
-    and model id.
+    and model id. Every value of the folder is checked (validation.py) before it is used; a folder that
+    fails raises :class:`CheckpointError` saying why.
     """
     directory = Path(directory)
     document = read_card(directory)
-    config = CodecConfig.from_dict(document["config"])
+    config = check_config(document["config"], str(directory / CONFIG_FILE))
+    if entropy_params not in (None, "integer", "float"):
+        raise ValueError(f"entropy_params must be 'integer' or 'float', got {entropy_params!r}")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
-    state = load_file(str(weights))
+    model, state = read_weights(weights, config)
     if model_id(config, state).hex() != document["model_id"]:
         raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
-    model = build_model(config)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:  # what validation lets through should load; said if not
+        raise CheckpointError(f"{weights} does not load into {config.arch}: {exc}") from exc
     try:
         return switch_entropy_params(model.eval(), document, entropy_params or DEFAULT_ENTROPY_PARAMS)
     except FixedPointOverflowError as exc:
         raise CheckpointError(f"{directory}: the prior cannot be computed in exact integers: {exc}") from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}: the prior cannot be built: {exc}") from exc
 
 
 def switch_entropy_params(model: ScaleHyperprior, card: dict, entropy_params: str) -> tuple[ScaleHyperprior, dict]:

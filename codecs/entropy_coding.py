@@ -13,6 +13,11 @@ hyperprior needs the integer symbols themselves (they are what the integer prior
   checks, and loops forever on symbols of ``2**27`` or more; :func:`_check_codable` refuses symbols that could do
   either, before they reach it. The decoder reads past the end of a string that is not a valid encoding, so
   strings are handed to it followed by zero words (a mitigation, not a proof: see docs/determinism.md).
+- **Table safety.** The coder trusts its tables: a CDF that does not start at 0, is not strictly increasing
+  or does not end at ``2**PRECISION``, a length beyond its row, or an index beyond the table list makes it
+  read or write out of bounds (SIGSEGV) or loop forever. :func:`check_tables` states what it needs; codec
+  folders are checked with it when loaded (checkpoint.py), and every table is checked again before it is
+  handed to the coder, with every index.
 - **One table conversion per batch**, not one per image.
 """
 
@@ -29,6 +34,11 @@ from latentzip.codecs.bitstream import EntropyStreamError
 #: nibbles of ``2 * |value| + 1`` with an int32 shift by ``4 * n``, which never reaches zero once 8 nibbles
 #: are needed (x86 takes a shift by 32 as a shift by 0), so it would loop forever.
 SYMBOL_LIMIT = 2**24
+#: The coder's fixed CDF precision: every table ends at ``2**PRECISION``.
+PRECISION = 16
+#: Table offsets beyond this are refused: a table has at most ``2**PRECISION`` symbols, and the tables of a
+#: real model sit around zero (latents minus their medians or means).
+OFFSET_LIMIT = 2**16
 #: Bypass values are written 4 bits at a time (CompressAI's ``bypass_precision``).
 _BYPASS_BITS = 4
 #: Zero words appended to a string before decoding: the decoder reads at most one word per symbol plus its
@@ -50,9 +60,65 @@ class _Tables:
         model._check_cdf_size()
         model._check_cdf_length()
         model._check_offsets_size()
+        problem = check_tables(model._quantized_cdf, model._cdf_length, model._offset)
+        if problem:
+            raise ValueError(f"entropy-coder tables unusable by the range coder: {problem}")
         cdf_length = model._cdf_length.reshape(-1).to("cpu", torch.int64)
         offset = model._offset.reshape(-1).to("cpu", torch.int64)
         return cls(model._quantized_cdf.tolist(), cdf_length, offset, cdf_length.tolist(), offset.tolist())
+
+    def check_indexes(self, indexes: torch.Tensor) -> None:
+        """The coder reads ``cdf[index]`` unchecked: every index must name a table."""
+        if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.cdf)):
+            raise ValueError(f"table indexes {int(indexes.min())}..{int(indexes.max())} outside the "
+                             f"{len(self.cdf)} tables")
+
+
+def check_tables(cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tensor) -> str | None:
+    """Why the C++ range coder must not be given these tables, or None when it may.
+
+    What it requires (compressai/cpp_exts/rans, which checks none of it in a release build): ``cdf`` an
+    int32 (rows, L) table, ``cdf_length`` and ``offset`` int32 of one entry per row; each length in
+    [2, L]; each row's first ``length`` entries starting at 0, strictly increasing (every symbol a non-zero
+    frequency: the encoder's renormalisation never ends on a zero one) and ending at ``2**PRECISION``
+    (the decoder's search reads past the row otherwise); offsets within ``OFFSET_LIMIT``.
+    """
+    for name, tensor, dims in (("cdf", cdf, 2), ("cdf_length", cdf_length, 1), ("offset", offset, 1)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int32 or tensor.dim() != dims:
+            what = f"{tensor.dtype} of {tensor.dim()} dims" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            return f"{name} must be an int32 tensor of {dims} dims, got {what}"
+    rows, width = cdf.shape
+    if rows == 0 or width == 0:
+        return "the tables are empty (not built: run update() before export)"
+    if cdf_length.shape != (rows,) or offset.shape != (rows,):
+        return (f"{rows} CDF rows need as many lengths and offsets, got {tuple(cdf_length.shape)} and "
+                f"{tuple(offset.shape)}")
+    lengths = cdf_length.to(torch.int64)
+    bad = ((lengths < 2) | (lengths > width)).nonzero()
+    if bad.numel():
+        row = int(bad[0])
+        return f"row {row}: CDF length {int(lengths[row])} outside [2, {width}] (its row holds {width})"
+    bad = (offset.to(torch.int64).abs() > OFFSET_LIMIT).nonzero()
+    if bad.numel():
+        row = int(bad[0])
+        return f"row {row}: offset {int(offset[row])} beyond +-{OFFSET_LIMIT}"
+    table = cdf.to(torch.int64)
+    bad = (table[:, 0] != 0).nonzero()
+    if bad.numel():
+        row = int(bad[0])
+        return f"row {row}: CDF starts at {int(table[row, 0])}, not 0"
+    ends = table.gather(1, (lengths - 1)[:, None])[:, 0]
+    bad = (ends != 2**PRECISION).nonzero()
+    if bad.numel():
+        row = int(bad[0])
+        return f"row {row}: CDF ends at {int(ends[row])}, not {2**PRECISION} (precision {PRECISION})"
+    used = torch.arange(width - 1)[None, :] < (lengths - 1)[:, None]
+    flat = ((table[:, 1:] - table[:, :-1] <= 0) & used).nonzero()
+    if flat.numel():
+        row, column = (int(v) for v in flat[0])
+        return (f"row {row}: CDF not strictly increasing at entry {column + 1} ({int(table[row, column])} then "
+                f"{int(table[row, column + 1])}): a symbol of zero frequency")
+    return None
 
 
 def _bypass_words(symbols: torch.Tensor, indexes: torch.Tensor, tables: _Tables) -> int:
@@ -93,6 +159,7 @@ def encode_symbols(model: EntropyModel, symbols: torch.Tensor, indexes: torch.Te
     tables = _Tables.of(model)
     symbols = symbols.to("cpu", torch.int64)
     indexes = indexes.to("cpu", torch.int64)
+    tables.check_indexes(indexes)
     strings = []
     for item_symbols, item_indexes in zip(symbols.flatten(1), indexes.flatten(1)):
         problem = _check_codable(item_symbols, item_indexes, tables)
@@ -111,6 +178,7 @@ def decode_symbols(model: EntropyModel, strings: list[bytes], indexes: torch.Ten
         raise ValueError(f"expected {indexes.shape[0]} strings, got {strings!r:.80}")
     tables = _Tables.of(model)
     flat_indexes = indexes.to("cpu", torch.int64).flatten(1)
+    tables.check_indexes(flat_indexes)
     out = torch.empty(flat_indexes.shape, dtype=torch.int32)
     for i, (string, item_indexes) in enumerate(zip(strings, flat_indexes)):
         string = bytes(string)

@@ -30,14 +30,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-# Decompression bombs are refused by Pillow above this many pixels; keep Pillow's guard but make the
-# limit explicit so a user knows what it is (about 16k x 11k).
+#: Images of more pixels than this (about 16k x 11k) are refused by :func:`load_image` before their pixels
+#: are decoded (:class:`ImageTooLargeError`). Pillow's own guard only warns up to twice its limit, so the
+#: limit is checked here, on the header's size; Pillow's stays set to it as a second line.
 MAX_PIXELS = 178_956_970
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class UnsupportedImageError(ValueError):
     """The input is not an image we can convert to 8-bit RGB (unknown mode, unreadable, empty)."""
+
+
+class ImageTooLargeError(UnsupportedImageError):
+    """The image has more than :data:`MAX_PIXELS` pixels (refused from its header, before decoding)."""
 
 
 #: What Pillow's decoders raise on damaged or hostile files: besides OSError, the exceptions Pillow itself
@@ -50,13 +55,17 @@ def load_image(data: bytes | str) -> Image.Image:
     """Open encoded image bytes (or a path) and return it converted to 8-bit RGB by the policy above."""
     try:
         image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageTooLargeError(f"image too large: {width}x{height} = {width * height} pixels, above the "
+                                     f"limit of {MAX_PIXELS} pixels")
         image.load()
         # Inside the guard: a damaged EXIF block only fails when to_rgb8 parses it for the orientation.
         return to_rgb8(image)
     except UnsupportedImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise UnsupportedImageError(f"image too large: {exc}") from exc
+        raise ImageTooLargeError(f"image too large: {exc}") from exc
     except Image.UnidentifiedImageError as exc:  # Pillow's text names the stream object, not the file
         raise UnsupportedImageError("not a readable image: no image format recognised in its bytes") from exc
     except _READ_ERRORS as exc:

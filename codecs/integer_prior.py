@@ -122,16 +122,18 @@ class FixedPointHyperSynthesis:
         ``medians``: (N,) float32 bottleneck medians; ``z_range``: per-channel (low, high) integer symbol
         clamp; ``scale_table``: GaussianConditional's float32 table; ``scale_bound``: its lower bound.
         ``plan``: :meth:`plan` of an earlier derivation from the very same tensors (stored with the codec,
-        keyed by its model id): its scales and proven bounds are taken instead of searched for, which is
-        what costs seconds; the integers themselves are computed from the weights the same way either way.
-        A plan that does not fit these modules raises ValueError.
+        keyed by its model id): its scales are taken instead of searched for, which is what costs seconds,
+        and the bounds are proven again for them (a plan comes from a file, so it is a hint, never trusted);
+        the integers themselves are computed from the weights the same way either way. A plan that does
+        not fit these modules, or whose bounds do not hold, raises ValueError.
         """
         specs = _parse(h_s)
         medians = medians.detach().to("cpu", torch.float64)
         z_low, z_high = (t.to("cpu", torch.int64) for t in z_range)
         if not bool(torch.isfinite(medians).all()):
             raise FixedPointOverflowError("bottleneck medians are not finite")
-        layers = _planned_layers(specs, plan) if plan is not None else _search_layers(specs, medians, z_low, z_high)
+        layers = (_planned_layers(specs, plan, medians, z_low, z_high) if plan is not None
+                  else _search_layers(specs, medians, z_low, z_high))
         out_bits = layers[-1].out_bits
         table = [float(s) for s in scale_table.detach().cpu().float()]
         bound = float(torch.tensor(scale_bound, dtype=torch.float32))
@@ -193,13 +195,17 @@ class FixedPointHyperSynthesis:
         return (below + self.index_base).to(torch.int32), means
 
 
+def _input_interval(medians: torch.Tensor, z_low: torch.Tensor, z_high: torch.Tensor, bits: int):
+    median_q = torch.round(medians * 2.0**bits).to(torch.int64)
+    low = ((z_low << bits) + median_q).clamp(max=0)
+    high = ((z_high << bits) + median_q).clamp(min=0)
+    return low.tolist(), high.tolist()
+
+
 def _search_layers(specs, medians: torch.Tensor, z_low: torch.Tensor, z_high: torch.Tensor) -> list[_Layer]:
     """The layers with the finest scales that the 2**53 bound allows (see the module docstring)."""
     def input_interval(bits):
-        median_q = torch.round(medians * 2.0**bits).to(torch.int64)
-        low = ((z_low << bits) + median_q).clamp(max=0)
-        high = ((z_high << bits) + median_q).clamp(min=0)
-        return low.tolist(), high.tolist()
+        return _input_interval(medians, z_low, z_high, bits)
 
     in_bits = _choose_bits(input_interval, specs[0][0], INPUT_BITS)
     interval = input_interval(in_bits)
@@ -229,24 +235,39 @@ def _search_layers(specs, medians: torch.Tensor, z_low: torch.Tensor, z_high: to
     return layers
 
 
-def _planned_layers(specs, plan: list[dict]) -> list[_Layer]:
-    """The layers of a stored :meth:`FixedPointHyperSynthesis.plan`, after checking that it fits ``specs``."""
+def _planned_layers(specs, plan: list[dict], medians: torch.Tensor, z_low: torch.Tensor,
+                    z_high: torch.Tensor) -> list[_Layer]:
+    """The layers of a stored :meth:`FixedPointHyperSynthesis.plan`, after checking that it fits ``specs``
+    and proving its bounds again, as :func:`_search_layers` does for the scales it chooses."""
     if not isinstance(plan, list) or len(plan) != len(specs):
         raise ValueError(f"integer prior plan has {len(plan) if isinstance(plan, list) else 'no'} layers; h_s has {len(specs)}")
-    layers, in_bits = [], None
+    chosen, in_bits = [], None
     for position, ((module, slope_q), entry) in enumerate(zip(specs, plan)):
-        try:
-            bits = [int(entry[key]) for key in ("in_bits", "weight_bits", "out_bits", "acc_bound")]
-            fits = (entry["transposed"] == isinstance(module, nn.ConvTranspose2d) and entry["slope_q"] == slope_q
-                    and in_bits in (None, bits[0]) and bits[3] < EXACT_LIMIT)
-        except (KeyError, TypeError, ValueError):
-            fits = False
+        bits = [entry.get(key) for key in ("in_bits", "weight_bits", "out_bits", "acc_bound")] \
+            if isinstance(entry, dict) else [None]
+        last = position == len(specs) - 1
+        fits = (all(type(b) is int for b in bits)
+                and entry.get("transposed") == isinstance(module, nn.ConvTranspose2d)
+                and entry.get("slope_q") == slope_q and in_bits in (None, bits[0])
+                and (ACT_BITS_MIN <= bits[0] <= INPUT_BITS) and WEIGHT_BITS_MIN <= bits[1] <= WEIGHT_BITS_MAX
+                and (bits[2] == bits[0] + bits[1] if last else ACT_BITS_MIN <= bits[2] <= min(ACT_BITS_MAX, bits[0] + bits[1]))
+                and 0 <= bits[3] < EXACT_LIMIT)
         if not fits:
             raise ValueError(f"integer prior plan does not fit h_s layer {position}")
-        layers.append(_layer(module, slope_q, *bits))
+        chosen.append(bits)
         in_bits = bits[2]
     if not MEAN_BITS <= in_bits <= MAX_OUT_BITS:
         raise ValueError(f"integer prior plan ends at 2**-{in_bits}, outside [{MEAN_BITS}, {MAX_OUT_BITS}]")
+    interval = _input_interval(medians, z_low, z_high, chosen[0][0])
+    layers = []
+    for position, ((module, slope_q), (in_bits, weight_bits, out_bits, stored_bound)) in enumerate(zip(specs, chosen)):
+        acc_low, acc_high, acc_bound = _accumulator(module, interval, in_bits, weight_bits)
+        shift = in_bits + weight_bits - out_bits
+        acc_bound += 1 << shift
+        interval = _activation_interval(acc_low, acc_high, shift, slope_q)
+        if acc_bound != stored_bound or acc_bound >= EXACT_LIMIT or interval is None:
+            raise ValueError(f"integer prior plan: the bound of h_s layer {position} does not hold for these weights")
+        layers.append(_layer(module, slope_q, in_bits, weight_bits, out_bits, acc_bound))
     return layers
 
 

@@ -42,3 +42,15 @@ class Parser(argparse.ArgumentParser):
         if choice:
             message += suggestion(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
         super().error(message)
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """The input-file policy's flags (pipeline/inputs.py), for the jobs that read image folders."""
+    from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES
+
+    parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="BYTES",
+                        help=f"files larger than this are not read but recorded as failures with the reason "
+                             f"(default {DEFAULT_MAX_FILE_BYTES}, {DEFAULT_MAX_FILE_BYTES // 2**20} MiB)")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="read symbolic links that point outside the input folder (default: recorded as "
+                             "failures; links to files inside it are always read)")

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_ray(num_cpus=args.num_cpus)
     stage(f"ingest {images}")
-    shards = ingest(images, out / "shards", images_per_shard=4)
+    # The bundled samples are the package's own files: links into the source tree in an editable install.
+    shards = ingest(images, out / "shards", images_per_shard=4, follow_symlinks=args.images is None)
     model = args.model
     if args.train or (model is None and DEFAULT_ZOO_MODEL not in zoo_models()):
         stage(f"train a small codec with {args.workers} Ray Train workers")

@@ -7,7 +7,8 @@ of image files, encoded directly (no ingest step): its files, in sorted order, f
 Runs on Ray Data: an actor pool of encoders (one GPU each when the cluster has GPUs, else one CPU each,
 with one CPU left for Ray Data's own tasks), the driver writing each shard to the archive once, then its
 completion marker. Images that cannot be decoded or encoded are recorded in the archive's errors table,
-not fatal. Rerunning the same command skips units already written (and says so when nothing is new).
+not fatal, as are entries of an image folder that are not read (only regular files, links only to files
+inside the folder unless --follow-symlinks, at most --max-file-bytes, names in UTF-8). Rerunning the same command skips units already written (and says so when nothing is new).
 
 Exit status: 0 every image encoded; 3 the job completed but some images failed (the summary counts them
 by reason; `latentzip verify ARCHIVE` lists each); 2 the job could not run.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, add_input_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image folders only: files per unit of work (default 256); keep it the same "
                              "when rerunning a command, or the units differ and the rerun only skips by id")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    add_input_options(parser)
     return parser
 
 
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every argument is checked before Ray starts, and Ray starts only if there is work
         summary = encode(args.inputs, args.archive, args.model, batch_size=args.batch_size,
                          concurrency=args.concurrency, precision=args.precision,
-                         files_per_unit=args.files_per_unit, refine_steps=args.refine_steps, address=args.address)
+                         files_per_unit=args.files_per_unit, refine_steps=args.refine_steps, address=args.address,
+                         max_file_bytes=args.max_file_bytes, follow_symlinks=args.follow_symlinks)
     except (ArchiveError, FileNotFoundError, ValueError) as exc:
         print(f"latentzip encode: error: {exc}", file=sys.stderr)
         return 2

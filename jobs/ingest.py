@@ -2,7 +2,9 @@
 
 Every file below FOLDER is decoded once; readable images go into ``shard-NNNNN.parquet`` (id = path
 relative to FOLDER, the original bytes, width, height, source), unreadable ones into ``errors.parquet`` with
-the reason. Rerunning rewrites the same shards. FOLDER and SHARDS may be fsspec URLs (s3://...).
+the reason. Only regular files are read (FIFOs, devices and sockets are listed as unreadable), links only
+to files inside FOLDER (unless --follow-symlinks), files of at most --max-file-bytes. Rerunning rewrites
+the same shards. FOLDER and SHARDS may be fsspec URLs (s3://...).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, add_input_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images-per-shard", type=int, default=256,
                         help="rows per shard: the unit of work of later jobs (default 256)")
     parser.add_argument("--threads", type=int, default=4, help="threads decoding images (default 4)")
+    add_input_options(parser)
     return parser
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from latentzip.pipeline.shards import ingest
 
     try:
-        result = ingest(args.folder, args.out, images_per_shard=args.images_per_shard, workers=args.threads)
+        result = ingest(args.folder, args.out, images_per_shard=args.images_per_shard, workers=args.threads,
+                        max_file_bytes=args.max_file_bytes, follow_symlinks=args.follow_symlinks)
     except (FileNotFoundError, ValueError) as exc:
         print(f"latentzip ingest: error: {exc}", file=sys.stderr)
         return 2

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train one codec per lambda, concurrently, into OUT/lambda-<L> (ignores --lmbda)")
     parser.add_argument("--max-concurrent", type=int, help="with --sweep: at most this many trials at a time")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="read links in image folders that point outside them (default: skipped, and said; "
+                             "FIFOs, devices and other non-regular files are always skipped)")
     return parser
 
 
@@ -95,14 +98,19 @@ def resolve_config(args: argparse.Namespace, gpus_available: bool):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.pipeline.raycluster import cluster_gpus, ensure_ray
-    from latentzip.pipeline.training import train
+    from latentzip.pipeline.training import check_output_dir, check_readable, resolve_data, train
 
     try:
+        # The output and the data are checked before Ray starts: an unwritable --out or data of only
+        # unreadable files is a one-line error, not a traceback from a worker.
+        check_output_dir(args.out)
+        check_readable(resolve_data(args.data, args.follow_symlinks))
         ensure_ray(address=args.address)
         config = resolve_config(args, cluster_gpus() > 0)
         if args.sweep:
             return _sweep(args, config)
-        result = train(args.data, args.out, config, val=args.val, init_from=_codec_dir(args.init_from))
+        result = train(args.data, args.out, config, val=args.val, init_from=_codec_dir(args.init_from),
+                       follow_symlinks=args.follow_symlinks)
     except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         print(f"latentzip train: error: {exc}", file=sys.stderr)
         return 2
@@ -136,6 +144,7 @@ def _sweep(args: argparse.Namespace, config) -> int:
             raise ValueError(f"--init-from names {len(names)} codecs for {len(lambdas)} lambdas in --sweep")
         init_from = [_codec_dir(name) for name in names]
     results = train_sweep(args.data, args.out, config, lambdas, val=args.val, max_concurrent=args.max_concurrent,
+                          follow_symlinks=args.follow_symlinks,
                           init_from=init_from)
     print("lambda  steps  bpp~    PSNR dB  codec")
     for lmbda, result in zip(lambdas, results):

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"latentzip zoo: error: no zoo model {args.name!r}{suggestion(args.name, models)}; have "
                   f"{', '.join(models) or 'none'}", file=sys.stderr)
             return 2
-        print(zoo.model_card(args.name, read_card(models[args.name])), end="")
+        try:
+            print(zoo.model_card(args.name, read_card(models[args.name])), end="")
+        except (KeyError, TypeError, ValueError) as exc:  # a damaged card: CheckpointError is a ValueError
+            print(f"latentzip zoo: error: {args.name}: unreadable codec folder: {exc}", file=sys.stderr)
+            return 2
         return 0
     from latentzip.pipeline.benchmarks import load_images
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 import types
 import uuid
@@ -33,6 +34,7 @@ from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import check_codec_name, load_codec, load_learned_codec
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item, check_archive_location
+from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, check_max_file_bytes, read_input, split_names
 from latentzip.pipeline.progress import Progress
 from latentzip.pipeline.shards import is_shards, shard_paths
 from PIL import Image
@@ -44,11 +46,13 @@ FILES_PER_UNIT = 256
 @dataclass(frozen=True)
 class Unit:
     """One unit of work: a shard (``name`` is its path), or a group of files of an image ``folder``
-    (``files``: their ids, i.e. paths relative to the folder). ``rows``: its inputs."""
+    (``files``: their ids, i.e. paths relative to the folder). ``rows``: its inputs. ``refused``: per file,
+    why it is not read at all ("" for the others; a name that is not UTF-8 is listed under a printable id)."""
     name: str
     rows: int
     folder: str = ""
     files: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
 
 
 def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tuple[list[Unit], str]:
@@ -70,14 +74,19 @@ def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tu
         raise ValueError(f"input {location} is a file: give a folder of images, ingest output or a Parquet shard")
     if files_per_unit < 1:
         raise ValueError("files_per_unit must be at least 1")
-    ids = storage.list_files(location)
-    if not ids:
+    listed = storage.list_files(location)
+    if not listed:
         raise FileNotFoundError(f"no files and no Parquet shards in {location}")
+    # A name that is not UTF-8 keeps its place in its group, under a printable id, and is recorded as a
+    # failure with the reason instead of being read.
+    entries = [(name, "") if good else bad[0] for name in listed for good, bad in [split_names([name])]]
     units = []
-    for start in range(0, len(ids), files_per_unit):
-        group = tuple(ids[start : start + files_per_unit])
+    for start in range(0, len(entries), files_per_unit):
+        group = tuple(item_id for item_id, _ in entries[start : start + files_per_unit])
+        refused = tuple(reason for _, reason in entries[start : start + files_per_unit])
         digest = hashlib.blake2b("\0".join(group).encode(), digest_size=6).hexdigest()
-        units.append(Unit(f"{location}#files-{start:09d}-{digest}", len(group), str(location), group))
+        units.append(Unit(f"{location}#files-{start:09d}-{digest}", len(group), str(location), group,
+                          refused if any(refused) else ()))
     return units, "file groups"
 
 
@@ -110,13 +119,15 @@ class EncodeStage:
     """Ray Data callable class: a batch of units -> one row per image of those units.
 
     A unit is a shard (``{"unit": [path]}``) or a group of files (``{"unit": [name], "folder": [folder],
-    "files": [ids joined by NUL]}``). Runs without Ray too: ``EncodeStage(model)({"unit": np.array([path])})``,
+    "files": [ids joined by NUL], "refused": [JSON of id -> why it is not read]}``; "refused" optional). Runs without Ray too: ``EncodeStage(model)({"unit": np.array([path])})``,
     or ``encode_rows`` on bytes.
     """
 
     def __init__(self, model_ref: str, device: str = "cpu", max_batch: int = 16, threads: int | None = None,
-                 precision: str = "fp32", refine_steps: int = 0):
+                 precision: str = "fp32", refine_steps: int = 0, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 follow_symlinks: bool = False):
         self.refine_steps = refine_steps
+        self.max_file_bytes, self.follow_symlinks = max_file_bytes, follow_symlinks
         if threads:
             torch.set_num_threads(threads)
         self.codec = load_codec(model_ref, device=device, max_batch=max_batch)
@@ -132,11 +143,12 @@ class EncodeStage:
             if "files" in batch:
                 ids = str(batch["files"][u]).split("\0")
                 folder = str(batch["folder"][u])
-                paths = [storage.join(folder, item_id) for item_id in ids]
+                refused = json.loads(str(batch["refused"][u])) if "refused" in batch else {}
                 for start in range(0, len(ids), self.chunk):
-                    read = list(self.readers.map(_read_file, paths[start:start + self.chunk]))
-                    out = self.encode_rows(ids[start:start + self.chunk], [data for data, _ in read],
-                                           [error for _, error in read])
+                    chunk = ids[start:start + self.chunk]
+                    read = list(self.readers.map(self._read_file, [folder] * len(chunk), chunk,
+                                                 [refused.get(item_id, "") for item_id in chunk]))
+                    out = self.encode_rows(chunk, [data for data, _ in read], [error for _, error in read])
                     yield _rows(str(unit), start, out)
             else:
                 table = storage.read_table(str(unit), columns=["id", "image"])
@@ -180,12 +192,14 @@ class EncodeStage:
                     out.append(None)
             return out
 
-
-def _read_file(path: str | Path) -> tuple[bytes, str]:
-    try:
-        return storage.read_bytes(path), ""
-    except OSError as exc:  # vanished, unreadable or a directory-like entry: a per-file failure
-        return b"", f"unreadable file: {type(exc).__name__}: {exc}"
+    def _read_file(self, folder: str, item_id: str, refused: str = "") -> tuple[bytes, str]:
+        """(bytes, "") or (b"", why not): the input policy of pipeline/inputs.py, a per-file failure."""
+        if refused:
+            return b"", f"unreadable file: {refused}"
+        try:
+            return read_input(folder, item_id, self.max_file_bytes, self.follow_symlinks), ""
+        except OSError as exc:  # vanished, unreadable, not a regular file, too large: a per-file failure
+            return b"", f"unreadable file: {type(exc).__name__}: {exc}"
 
 
 def _open(data: bytes) -> tuple[Image.Image | None, str, str]:
@@ -308,7 +322,8 @@ class _UnitWriter:
 
 def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: int = 16,
            concurrency: int | None = None, precision: str = "fp32", files_per_unit: int = FILES_PER_UNIT,
-           progress=print, refine_steps: int = 0, address: str | None = None) -> EncodeSummary:
+           progress=print, refine_steps: int = 0, address: str | None = None,
+           max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, follow_symlinks: bool = False) -> EncodeSummary:
     """Encode every image of ``inputs`` (an ingest folder, a shard file, or a folder of images) into
     ``archive`` with the codec.
 
@@ -316,7 +331,8 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     together); ``concurrency`` is the number of encoder actors; ``precision="bf16"`` runs ``g_a`` under
     bf16 autocast (see :func:`fast_analysis`); ``files_per_unit``: files per unit of work of an image
     folder (see :func:`list_units`); ``refine_steps`` > 0 refines each image's latents before coding
-    (codecs/refine.py: smaller streams for the same decoder, many times the encode time).
+    (codecs/refine.py: smaller streams for the same decoder, many times the encode time);
+    ``max_file_bytes`` and ``follow_symlinks``: the input policy for image folders (pipeline/inputs.py).
 
     Everything is checked here, in the driver, before Ray is used: the options, the inputs, the model's
     name, the archive's location and that it was written by this model. Ray (joined at ``address``, or an
@@ -329,6 +345,7 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         raise ValueError(f"refine_steps must not be negative, got {refine_steps}")
     if batch_size < 1 or (concurrency is not None and concurrency < 1):
         raise ValueError(f"batch size and concurrency must be at least 1, got {batch_size} and {concurrency}")
+    check_max_file_bytes(max_file_bytes)
     check_codec_name(model_ref)
     check_archive_location(archive)
     all_units, kind = list_units(inputs, files_per_unit)
@@ -346,8 +363,9 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         if unit.files:  # a group of a folder that changed since an earlier job: skip the files already in
             known = writer.known(list(unit.files))
             if known:
-                files = tuple(f for f in unit.files if f not in known)
-                unit = Unit(unit.name, len(files), unit.folder, files)
+                keep = [i for i, f in enumerate(unit.files) if f not in known]
+                unit = Unit(unit.name, len(keep), unit.folder, tuple(unit.files[i] for i in keep),
+                            tuple(unit.refused[i] for i in keep) if unit.refused else ())
                 skipped += len(known)
         todo.append(unit)
     units = _UnitWriter(writer, {u.name: u.rows for u in todo})
@@ -370,14 +388,16 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         # Every chunk the encode stage yields becomes a block of its own (Ray Data would otherwise gather a
         # unit's chunks into one block): the driver counts images as they are encoded. Restored below.
         saved_block_size, context.target_max_block_size = context.target_max_block_size, 1
-        rows = [{"unit": u.name} if not u.files else {"unit": u.name, "folder": u.folder, "files": "\0".join(u.files)}
-                for u in todo]
+        rows = [{"unit": u.name} if not u.files else
+                {"unit": u.name, "folder": u.folder, "files": "\0".join(u.files),
+                 "refused": json.dumps(dict((f, r) for f, r in zip(u.files, u.refused) if r))} for u in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(todo))
         ds = ds.map_batches(
             EncodeStage,
             fn_constructor_kwargs={"model_ref": str(model_ref), "device": "cuda" if gpus else "cpu",
                                    "max_batch": batch_size, "threads": threads, "precision": precision,
-                                   "refine_steps": refine_steps},
+                                   "refine_steps": refine_steps, "max_file_bytes": max_file_bytes,
+                                   "follow_symlinks": follow_symlinks},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),

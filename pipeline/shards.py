@@ -4,7 +4,9 @@ Each shard ``shard-00000.parquet`` holds rows of (``id``, ``image``, ``width``, 
 the id is the file's path relative to the folder (POSIX separators), ``image`` the file's original bytes
 (nothing is re-encoded), width and height those of the image after the conversion policy (EXIF orientation
 applied). Every file is fully decoded once, so a truncated or mislabelled file is caught here and listed in
-``errors.parquet`` (``source``, ``reason``) instead of failing a job later. ``ingest.json`` records counts.
+``errors.parquet`` (``source``, ``reason``) instead of failing a job later, as is every entry that the
+input policy of pipeline/inputs.py does not read (not a regular file, a link out of the folder, above
+``max_file_bytes``, a name that is not UTF-8). ``ingest.json`` records counts.
 
 Shards are written whole (locally to a temporary name, then renamed; on object storage one PUT), so a shard
 that exists is complete; rerunning ingest on the same folder rewrites the same shards. The folder and the
@@ -23,6 +25,7 @@ import pyarrow as pa
 
 from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.pipeline import storage
+from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, check_max_file_bytes, read_input, split_names
 
 SHARD_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -44,7 +47,8 @@ class IngestResult:
 
 
 def list_files(folder: Path) -> list[Path]:
-    """Every regular, non-hidden file below ``folder``, in a stable order."""
+    """Every non-hidden entry below ``folder`` that is not a folder, in a stable order: FIFOs, devices and
+    links included, so that what is not read is listed with its reason (pipeline/inputs.py)."""
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -52,8 +56,8 @@ def list_files(folder: Path) -> list[Path]:
     return files
 
 
-def _probe(path: str | Path) -> dict:
-    data = storage.read_bytes(path)
+def _probe(folder: str | Path, item_id: str, max_file_bytes: int, follow_symlinks: bool) -> dict:
+    data = read_input(folder, item_id, max_file_bytes, follow_symlinks)
     if not data:
         raise UnsupportedImageError("empty file")
     image = load_image(data)
@@ -61,22 +65,28 @@ def _probe(path: str | Path) -> dict:
 
 
 def ingest(folder: str | Path, out_dir: str | Path, images_per_shard: int = 256, workers: int = 4,
-           progress=print) -> IngestResult:
-    """``folder`` and ``out_dir``: paths or URLs (pipeline/storage.py)."""
+           progress=print, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, follow_symlinks: bool = False) -> IngestResult:
+    """``folder`` and ``out_dir``: paths or URLs (pipeline/storage.py). ``max_file_bytes`` and
+    ``follow_symlinks``: the input policy (pipeline/inputs.py)."""
     folder, out_dir = storage.normalise(folder), storage.normalise(out_dir)
     if not storage.is_dir(folder):
         raise FileNotFoundError(f"input folder {folder} does not exist")
     if images_per_shard < 1:
         raise ValueError("images_per_shard must be at least 1")
+    check_max_file_bytes(max_file_bytes)
     if isinstance(out_dir, Path):
-        out_dir.mkdir(parents=True, exist_ok=True)
-    files = storage.list_files(folder)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
+    files, bad_names = split_names(storage.list_files(folder))
     rows, errors, shards, images = [], [], [], 0
+    errors += [{"source": str(storage.join(folder, name)), "reason": reason} for name, reason in bad_names]
 
     def probe(item_id: str):
         source = storage.join(folder, item_id)
         try:
-            return item_id, source, _probe(source), None
+            return item_id, source, _probe(folder, item_id, max_file_bytes, follow_symlinks), None
         except (UnsupportedImageError, OSError) as exc:
             return item_id, source, None, str(exc)
 
@@ -98,6 +108,8 @@ def ingest(folder: str | Path, out_dir: str | Path, images_per_shard: int = 256,
                 errors.append({"source": str(source), "reason": error})
             if progress and (done % 100 == 0 or done == len(files)):
                 progress(f"ingest: {done}/{len(files)} files read, {len(errors)} unreadable")
+    if bad_names and not files and progress:
+        progress(f"ingest: {len(bad_names)} files unreadable")
     if rows:
         flush()
 

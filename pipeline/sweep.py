@@ -16,7 +16,7 @@ from pathlib import Path
 
 from latentzip.pipeline import storage
 from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus, ensure_ray
-from latentzip.pipeline.training import TrainConfig, TrainResult, train
+from latentzip.pipeline.training import TrainConfig, TrainResult, check_output_dir, check_readable, resolve_data, train
 
 
 def trial_dir(out_dir: str | Path, lmbda: float) -> Path | str:
@@ -42,7 +42,8 @@ def plan(config: TrainConfig, lambdas: list[float], cpus: int, gpus: int,
 
 
 def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[float], val=None,
-                max_concurrent: int | None = None, progress=print, init_from=None) -> list[TrainResult]:
+                max_concurrent: int | None = None, progress=print, init_from=None,
+                follow_symlinks: bool = False) -> list[TrainResult]:
     """Train one codec per λ (``config.lmbda`` is ignored); results in the order of ``lambdas``.
 
     ``init_from``: one codec directory per λ (or None), each starting its trial as ``train(init_from=...)``."""
@@ -51,6 +52,8 @@ def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[fl
     init_from = list(init_from) if init_from is not None else [None] * len(lambdas)
     if len(init_from) != len(lambdas):
         raise ValueError(f"init_from names {len(init_from)} codecs for {len(lambdas)} lambdas")
+    check_output_dir(out_dir)  # here, in the driver: a trial's task would fail with a traceback
+    check_readable(resolve_data(data, follow_symlinks))
     ensure_ray()
     concurrent, configs = plan(config, list(lambdas), cluster_cpus(), cluster_gpus(), max_concurrent)
     progress(f"sweep: {len(configs)} rate points, {concurrent} at a time, {config.num_workers} worker(s) each "
@@ -62,7 +65,8 @@ def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[fl
     while pending or running:
         while pending and len(running) < concurrent:
             index, trial = pending.pop(0)
-            running[run.remote(data, str(trial_dir(out_dir, trial.lmbda)), trial, val, init_from[index])] = index
+            running[run.remote(data, str(trial_dir(out_dir, trial.lmbda)), trial, val, init_from[index],
+                               follow_symlinks)] = index
         done, _ = ray.wait(list(running), num_returns=1)
         index = running.pop(done[0])
         results[index] = ray.get(done[0])  # a failed trial raises here, after its own retries
@@ -71,5 +75,5 @@ def train_sweep(data, out_dir: str | Path, config: TrainConfig, lambdas: list[fl
     return [results[i] for i in range(len(configs))]
 
 
-def _trial(data, out_dir: str, config: TrainConfig, val, init_from=None) -> TrainResult:
-    return train(data, out_dir, config, val=val, init_from=init_from)
+def _trial(data, out_dir: str, config: TrainConfig, val, init_from=None, follow_symlinks=False) -> TrainResult:
+    return train(data, out_dir, config, val=val, init_from=init_from, follow_symlinks=follow_symlinks)

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ from latentzip.codecs.checkpoint import export_codec
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
 from latentzip.pipeline import storage
+from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, InputFileError, read_file, resolve_input, split_names
 from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
 from latentzip.pipeline.shards import is_shards, shard_paths
 
@@ -164,13 +166,13 @@ class ImageSource:
     location: str
 
 
-def resolve_data(data) -> ImageSource:
+def resolve_data(data, follow_symlinks: bool = False) -> ImageSource:
     """Sniff ``data`` (paths or URLs): a folder with ``*.parquet`` or Parquet files -> shards; else a folder
     of images. A list: several such folders (all images, or all shards), or a list of shard files."""
     if isinstance(data, (list, tuple)) and len(data) == 1:
         data = data[0]
     if isinstance(data, (list, tuple)) and all(storage.is_dir(storage.absolute(p)) for p in data):
-        sources = [resolve_data(p) for p in data]
+        sources = [resolve_data(p, follow_symlinks) for p in data]
         kinds = {source.kind for source in sources}
         if len(kinds) > 1:
             raise ValueError("training data mixes image folders and Parquet shards; give one kind")
@@ -185,9 +187,7 @@ def resolve_data(data) -> ImageSource:
         if not storage.exists(location):
             raise FileNotFoundError(f"training data {location} does not exist")
         if not is_shards(location):
-            files = [location] if storage.is_file(location) else [
-                storage.join(location, name) for name in storage.list_files(location)
-                if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+            files = [location] if storage.is_file(location) else _image_files(location, follow_symlinks)
             if not files:
                 raise FileNotFoundError(f"no images in {location}")
             return ImageSource("files", tuple(map(str, files)), len(files), str(location))
@@ -196,6 +196,49 @@ def resolve_data(data) -> ImageSource:
     if count == 0:
         raise FileNotFoundError(f"no images in {location}")
     return ImageSource("parquet", tuple(map(str, paths)), count, str(location))
+
+
+def _image_files(location, follow_symlinks: bool = False) -> list:
+    """The image files of a folder (by extension) that the input policy reads (pipeline/inputs.py: regular
+    files, links only within the folder unless ``follow_symlinks``, names in UTF-8); the others are named
+    and skipped. Local files are given by their real paths, so workers read what was checked here."""
+    names, bad = split_names([name for name in storage.list_files(location)
+                              if Path(name).suffix.lower() in IMAGE_EXTENSIONS])
+    files, skipped = [], list(bad)
+    for name in names:
+        if storage.is_url(location):
+            files.append(storage.join(location, name))
+            continue
+        try:
+            path = resolve_input(location, name, follow_symlinks)
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise InputFileError("not a regular file")
+            files.append(path)
+        except OSError as exc:
+            skipped.append((name, str(exc)))
+    for name, reason in skipped[:10]:
+        _say(f"train: skipping {name}: {reason}")
+    if len(skipped) > 10:
+        _say(f"train: skipping {len(skipped) - 10} more files")
+    return files
+
+
+def check_readable(source: ImageSource, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+    """Raise a ValueError naming the first problems unless at least one image of ``source`` decodes: in
+    the driver, before Ray starts, so that data of only unreadable files is a clear error (usually the
+    first image decodes and this costs one image)."""
+    reasons = []
+    for data in _encoded_images(source, set(range(source.count)), max_file_bytes):
+        try:
+            if isinstance(data, OSError):
+                raise data
+            load_image(data)
+            return
+        except (UnsupportedImageError, OSError) as exc:
+            reasons.append(str(exc))
+    shown = "; ".join(dict.fromkeys(reasons[:50]))
+    raise ValueError(f"none of the {source.count} images in {source.location} can be read ({shown:.300})")
 
 
 def _say(line: str) -> None:
@@ -209,11 +252,17 @@ def _share(count: int, rank: int, world: int) -> list[int]:
     return list(range(rank, count, world)) or [rank % count]
 
 
-def _encoded_images(source: ImageSource, wanted: set[int]):
-    """Yield the encoded bytes (or path) of each wanted image; Parquet rows are streamed, not all held."""
+def _encoded_images(source: ImageSource, wanted: set[int], max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+    """Yield the encoded bytes of each wanted image, in order; Parquet rows are streamed, not all held. A
+    file is read as the input policy says (pipeline/inputs.py): a regular file of at most
+    ``max_file_bytes``; for one that is not read, the OSError saying why is yielded in its place."""
     if source.kind == "files":
-        yield from (storage.read_bytes(source.paths[i]) if storage.is_url(source.paths[i]) else source.paths[i]
-                    for i in sorted(wanted))
+        for i in sorted(wanted):
+            try:
+                yield (storage.read_bytes(source.paths[i]) if storage.is_url(source.paths[i])
+                       else read_file(source.paths[i], max_file_bytes))
+            except OSError as exc:
+                yield exc
         return
     index = 0
     for path in source.paths:
@@ -229,8 +278,10 @@ def load_images(source: ImageSource, rank: int = 0, world: int = 1, max_side: in
     images = []
     for data in _encoded_images(source, set(_share(source.count, rank, world))):
         try:
+            if isinstance(data, OSError):
+                raise data
             image = load_image(data)
-        except UnsupportedImageError as exc:
+        except (UnsupportedImageError, OSError) as exc:
             _say(f"train: skipping unreadable image: {exc}")
             continue
         if max(image.size) > max_side:
@@ -583,18 +634,35 @@ def _trainer(config: TrainConfig, out_dir: str | Path, loop_config: dict):
     )
 
 
-def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: str | Path | None = None) -> TrainResult:
+def check_output_dir(out_dir: str | Path) -> Path | str:
+    """``out_dir`` made absolute and, if local, created and shown writable; a ValueError saying why not
+    (under a regular file, a read-only file system, no permission) rather than a traceback later."""
+    out_dir = storage.absolute(out_dir)
+    if isinstance(out_dir, Path):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out_dir):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot write the training output to {out_dir}: {exc.strerror or exc}") from exc
+    return out_dir
+
+
+def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: str | Path | None = None,
+          follow_symlinks: bool = False) -> TrainResult:
     """Train (or resume training) on ``data`` and export the codec to ``<out_dir>/codec``.
 
     ``init_from``: a codec directory (e.g. a zoo model) whose weights start a run that has no checkpoint
-    yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh."""
-    out_dir = storage.absolute(out_dir)
-    if isinstance(out_dir, Path):
-        out_dir.mkdir(parents=True, exist_ok=True)
+    yet; its steps count as done, so ``config.steps`` is the total. Optimiser state starts afresh.
+    ``follow_symlinks``: read links in image folders that point outside them (pipeline/inputs.py)."""
+    out_dir = check_output_dir(out_dir)
     if config.validate_every and val is None:
         raise ValueError("validate_every needs validation images (val=...)")
-    source = resolve_data(data)
-    val_source = resolve_data(val) if val is not None else None
+    source = resolve_data(data, follow_symlinks)
+    val_source = resolve_data(val, follow_symlinks) if val is not None else None
+    check_readable(source)
+    if val_source is not None:
+        check_readable(val_source)
     ensure_ray()
     threads = config.cpus_per_worker or max(1, cluster_cpus() // config.num_workers)
     loop_config = {"config": config.to_dict(), "threads": threads, "data": dataclasses.asdict(source),

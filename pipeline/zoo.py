@@ -88,7 +88,14 @@ def summary_line(name: str, document: dict) -> str:
 
 
 def listing() -> list[str]:
-    return [summary_line(name, read_card(path)) for name, path in zoo_models().items()]
+    """One line per zoo model; a model whose card cannot be read says why on its line."""
+    lines = []
+    for name, path in zoo_models().items():
+        try:
+            lines.append(summary_line(name, read_card(path)))
+        except (KeyError, TypeError, ValueError) as exc:  # CheckpointError is a ValueError
+            lines.append(f"{name}  unreadable codec folder: {exc}")
+    return lines
 
 
 def model_card(name: str, document: dict) -> str:

@@ -52,10 +52,24 @@ def test_export_stores_the_plan_under_the_model_id_and_loading_uses_it(codec_cop
     assert codec.model.integer_prior().plan() == document[PRIOR_KEY]["plan"]
     assert_same_prior(codec.model.integer_prior(), fresh_prior(codec.model))
 
-    # The plan is what loading reads: a changed bound (still below 2**53) shows up in the loaded prior.
+    # The plan is what loading reads: no search happens while it is used.
+    from latentzip.codecs import integer_prior
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched although a plan was stored")
+    original, integer_prior._search_layers = integer_prior._search_layers, no_search
+    try:
+        model, _ = load_model(codec_copy)
+    finally:
+        integer_prior._search_layers = original
+    assert model.integer_prior().plan() == document[PRIOR_KEY]["plan"]
+
+    # But it is a hint, never trusted: its bounds are proven again, and a false one (still below 2**53) is
+    # refused, the prior then derived afresh (issue 19).
     edit_card(codec_copy, lambda d: d[PRIOR_KEY]["plan"][-1].update(acc_bound=12345))
     model, _ = load_model(codec_copy)
-    assert model.integer_prior().layers[-1].acc_bound == 12345
+    assert model.integer_prior().layers[-1].acc_bound == document[PRIOR_KEY]["plan"][-1]["acc_bound"]
+    assert_same_prior(model.integer_prior(), fresh_prior(codec.model))
 
 
 def test_codecs_without_a_plan_or_with_a_stale_or_broken_one_derive_it(codec_copy, sample_images):
