@@ -13,9 +13,14 @@ TINY = dict(arch="mean-scale-hyperprior", N=16, M=16, patch_size=64, batch_size=
 
 
 @pytest.fixture(scope="module")
-def samples_dir():
+def samples_dir(tmp_path_factory):
+    # A copy: in an editable install the package's samples are links into the source tree, which the
+    # input policy does not follow out of the folder (pipeline/inputs.py).
+    folder = tmp_path_factory.mktemp("samples")
     with as_file(files("latentzip.jobs") / "samples") as path:
-        yield path
+        for photo in sorted(path.glob("*.jpg")):
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder
 
 
 def _weights_after(samples_dir, variant: str, init=None) -> tuple[torch.nn.Module, torch.Tensor]:
