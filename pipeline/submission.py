@@ -185,7 +185,18 @@ class Cluster:
         self.address = address or default_address()
         self._has_token = token is not None
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        self.client = self._call(JobSubmissionClient, self.address, headers=headers)
+        # Ray lets $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, override the address it is given (and an
+        # embedded cluster of this process exports RAY_ADDRESS: pipeline/raycluster.py); the address this
+        # client was given is the one it talks to.
+        saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+        os.environ["RAY_API_SERVER_ADDRESS"] = self.address
+        try:
+            self.client = self._call(JobSubmissionClient, self.address, headers=headers)
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            else:
+                os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
     def _call(self, function: Callable, *args, **kwargs):
         import requests
