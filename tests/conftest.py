@@ -164,3 +164,16 @@ def ray_local():
         ray.shutdown()
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory):
+    """A copy of the bundled sample photos: in an editable install the package's samples are links into the
+    source tree, which the input policy does not follow out of the folder (pipeline/inputs.py)."""
+    from importlib.resources import as_file, files
+
+    folder = tmp_path_factory.mktemp("samples")
+    with as_file(files("latentzip.jobs") / "samples") as path:
+        for photo in sorted(path.glob("*.jpg")):
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder

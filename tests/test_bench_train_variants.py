@@ -1,6 +1,5 @@
 """``latentzip bench train --variants``: each variant really changes the step, and the A/B is fair."""
 
-from importlib.resources import as_file, files
 
 import pytest
 import torch
@@ -10,17 +9,6 @@ from latentzip.pipeline import bench_train_variants as bench
 from latentzip.pipeline.training import TrainConfig, load_images, resolve_data
 
 TINY = dict(arch="mean-scale-hyperprior", N=16, M=16, patch_size=64, batch_size=2, steps=4, lr_decay_at=(1.0,))
-
-
-@pytest.fixture(scope="module")
-def samples_dir(tmp_path_factory):
-    # A copy: in an editable install the package's samples are links into the source tree, which the
-    # input policy does not follow out of the folder (pipeline/inputs.py).
-    folder = tmp_path_factory.mktemp("samples")
-    with as_file(files("latentzip.jobs") / "samples") as path:
-        for photo in sorted(path.glob("*.jpg")):
-            (folder / photo.name).write_bytes(photo.read_bytes())
-    return folder
 
 
 def _weights_after(samples_dir, variant: str, init=None) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -6,8 +6,6 @@ import re
 import select
 import subprocess
 import sys
-from importlib.resources import as_file, files
-from pathlib import Path
 
 from latentzip.pipeline.progress import Progress
 
@@ -47,14 +45,9 @@ def _run_in_a_terminal(command: list[str], timeout: float = 600) -> str:
     return "".join(chunks)
 
 
-def test_encode_progress_bar_moves_per_image_on_a_terminal(tmp_path, tiny_codec_dir):
+def test_encode_progress_bar_moves_per_image_on_a_terminal(tmp_path, tiny_codec_dir, samples_dir):
     binary = os.path.join(os.path.dirname(sys.executable), "latentzip")
-    samples = tmp_path / "samples"  # copies: an editable install's bundled samples are links into the source tree
-    samples.mkdir()
-    with as_file(files("latentzip.jobs") / "samples") as bundled:
-        for path in sorted(Path(bundled).glob("*.jpg")):
-            (samples / path.name).write_bytes(path.read_bytes())
-    output = _run_in_a_terminal([binary, "encode", str(samples), "--archive", str(tmp_path / "a.zarr"),
+    output = _run_in_a_terminal([binary, "encode", str(samples_dir), "--archive", str(tmp_path / "a.zarr"),
                                  "--model", str(tiny_codec_dir), "--batch-size", "1"])
     counts = [int(n) for n in re.findall(r"encode:\s+\d+%\|[^|]*\|\s*(\d+)/6", output)]
     assert counts and counts[-1] == 6, output[-2000:]

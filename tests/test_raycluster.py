@@ -3,8 +3,6 @@
 import os
 import subprocess
 import sys
-from importlib.resources import as_file, files
-from pathlib import Path
 
 import pytest
 
@@ -53,14 +51,9 @@ def test_processes_of_an_embedded_cluster_find_it_with_another_cluster_on_the_ho
 
 
 @pytest.mark.slow
-def test_two_embedded_training_jobs_side_by_side(tmp_path):
+def test_two_embedded_training_jobs_side_by_side(tmp_path, samples_dir):
     """Two `latentzip train` processes at once, each on its own embedded cluster: both finish."""
-    samples = tmp_path / "samples"  # copies: an editable install's bundled samples are links into the source tree
-    samples.mkdir()
-    with as_file(files("latentzip.jobs") / "samples") as bundled:
-        for path in sorted(Path(bundled).glob("*.jpg"))[:3]:
-            (samples / path.name).write_bytes(path.read_bytes())
-    command = ["train", str(samples), "--arch", "scale-hyperprior", "--N", "16", "--M", "16", "--steps", "6",
+    command = ["train", str(samples_dir), "--arch", "scale-hyperprior", "--N", "16", "--M", "16", "--steps", "6",
                "--patch-size", "64", "--batch-size", "2", "--workers", "1", "--checkpoint-every", "3"]
     binary = os.path.join(os.path.dirname(sys.executable), "latentzip")
     jobs = [subprocess.Popen([binary, *command, "--out", str(tmp_path / name)], stdout=subprocess.PIPE,

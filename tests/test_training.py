@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib.resources import as_file, files
 
 import numpy as np
 import pytest
@@ -15,17 +14,6 @@ from latentzip.pipeline.training import PatchSampler, TrainConfig, load_images, 
 #: MSE-heavy lmbda and a high learning rate, so a tiny model's loss falls clearly within a few dozen steps.
 TINY = dict(N=16, M=24, patch_size=64, batch_size=4, lr=1e-3, lmbda=0.1, log_every=5, checkpoint_every=20,
             max_side=256, num_workers=2, cpus_per_worker=1, seed=0)
-
-
-@pytest.fixture(scope="module")
-def samples_dir(tmp_path_factory):
-    # A copy: in an editable install the package's samples are links into the source tree, which the
-    # input policy does not follow out of the folder (pipeline/inputs.py).
-    folder = tmp_path_factory.mktemp("samples")
-    with as_file(files("latentzip.jobs") / "samples") as path:
-        for photo in sorted(path.glob("*.jpg")):
-            (folder / photo.name).write_bytes(photo.read_bytes())
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from importlib.resources import as_file, files
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from latentzip.pipeline.sweep import plan, train_sweep
 from latentzip.pipeline.training import TrainConfig, train
 
 TINY = dict(N=16, M=24, patch_size=64, batch_size=4, lr=1e-3, log_every=10, max_side=256, seed=0)
-
-
-@pytest.fixture(scope="module")
-def samples_dir(tmp_path_factory):
-    # A copy: in an editable install the package's samples are links into the source tree, which the
-    # input policy does not follow out of the folder (pipeline/inputs.py).
-    folder = tmp_path_factory.mktemp("samples")
-    with as_file(files("latentzip.jobs") / "samples") as path:
-        for photo in sorted(path.glob("*.jpg")):
-            (folder / photo.name).write_bytes(photo.read_bytes())
-    return folder
 
 
 def test_plan_shares_the_cluster_between_trials():
