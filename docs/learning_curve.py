@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from latentzip.codecs.images import load_image
 from latentzip.codecs.learned import LearnedCodec
 from latentzip.codecs.metrics import psnr_db
-from latentzip.pipeline.bdrate import bd_delta
+from latentzip.pipeline.report.bdrate import bd_delta
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".ppm", ".bmp", ".tif", ".tiff"}
 

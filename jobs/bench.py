@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode = benchmarks.add_parser("encode", help="encode images/s vs CompressAI; archive overhead; lookup time",
                                    description="Encode images/s of the learned codec against CompressAI's own per-image path, "
                                                "the archive's overhead in bytes, peak memory, and the open + lookup "
-                                               "time of a 10,000-image archive (latentzip.pipeline.bench_encode).")
+                                               "time of a 10,000-image archive (latentzip.pipeline.bench.encode).")
     encode.add_argument("--model", help="codec directory or zoo name (default: a fixed-seed N=128/M=192 model)")
     encode.add_argument("--images", type=Path, help="folder of images (default: crops of the bundled samples)")
     encode.add_argument("--count", type=int, default=48, help="images to time (default 48)")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     anomaly = benchmarks.add_parser("anomaly", help="bpp as an anomaly score: AUROC against a PNG baseline",
                                     description="Normal photos against constructed anomalies (noise, heavy JPEG, "
                                                 "text screenshots, saturated, cartoons); see "
-                                                "latentzip.pipeline.bench_anomaly.")
+                                                "latentzip.pipeline.bench.anomaly.")
     anomaly.add_argument("--model", required=True, help="learned codec: a codec directory or a zoo name")
     anomaly.add_argument("--normal", type=Path, default=Path("/work/shared/data/photos/val"),
                          help="folder of normal photos (default /work/shared/data/photos/val)")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode = benchmarks.add_parser("decode", help="one-id decode vs bare model decode; bytes per lookup; batch images/s",
                                    description="One-id decode from a 10,000-image archive against the bare model decode "
                                                "(fresh and warm), bytes read per lookup, and batch decode images/s "
-                                               "on Ray (latentzip.pipeline.bench_decode).")
+                                               "on Ray (latentzip.pipeline.bench.decode).")
     decode.add_argument("--archive", type=Path, help="measure this archive instead of building one")
     decode.add_argument("--count", type=int, default=10_000, help="images in the built archive (default 10000)")
     decode.add_argument("--model", help="codec directory or zoo name to build with (default: tiny fixed-seed N=16/M=24)")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Wall-clock seconds from a fresh process to the end of `latentzip "
                                                 "--help`, `latentzip zoo`, `latentzip zoo show`, a one-id decode of "
                                                 "a 768x512 image and `import latentzip.api`; the median of --repeats "
-                                                "runs each (latentzip.pipeline.bench_startup).")
+                                                "runs each (latentzip.pipeline.bench.startup).")
     startup.add_argument("--repeats", type=int, default=5, help="fresh processes per command (default 5)")
     startup.add_argument("--workdir", type=Path, help="where the archive goes (default: a temp folder)")
     startup.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_variants(args) -> int:
     import json
 
-    from latentzip.pipeline import bench_train_variants as bench
-    from latentzip.pipeline.training import TrainConfig
+    from latentzip.pipeline.bench import train_variants as bench
+    from latentzip.pipeline.training.trainer import TrainConfig
 
     variants = bench.check_variants([name.strip() for name in args.variants.split(",") if name.strip()])
     threads = [int(value) for value in args.threads.split(",")]
@@ -170,9 +170,9 @@ def _train(args) -> int:
 
     if args.variants:
         return _train_variants(args)
-    from latentzip.pipeline.bench_train import bench_train, markdown
-    from latentzip.pipeline.raycluster import ensure_ray
-    from latentzip.pipeline.training import TrainConfig
+    from latentzip.pipeline.bench.train import bench_train, markdown
+    from latentzip.pipeline.cluster import ensure_ray
+    from latentzip.pipeline.training.trainer import TrainConfig
 
     config = TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
                          patch_size=args.patch_size, num_workers=1, checkpoint_every=args.checkpoint_every, lr=args.lr)
@@ -190,7 +190,7 @@ def _train(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.benchmark == "startup":
-        from latentzip.pipeline.bench_startup import bench_startup, markdown, write_result
+        from latentzip.pipeline.bench.startup import bench_startup, markdown, write_result
 
         result = bench_startup(repeats=args.repeats, workdir=args.workdir)
         print(markdown(result), end="")
@@ -224,7 +224,7 @@ def _steps_list(text: str) -> list[int]:
 def _rd(args) -> int:
     from latentzip.codecs.classical import FORMATS
     from latentzip.codecs.registry import codec_directory, zoo_models
-    from latentzip.pipeline.benchmarks import rd_benchmark, write_rd
+    from latentzip.pipeline.bench.rd import rd_benchmark, write_rd
 
     if args.out.suffix not in (".json", ".md"):
         raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
@@ -240,8 +240,8 @@ def _rd(args) -> int:
         raise FileNotFoundError(f"no image folder at {args.images} (give one with --images)")
     classical = None
     if against:
-        from latentzip.pipeline.raycluster import ensure_ray
-        from latentzip.pipeline.report import report
+        from latentzip.pipeline.cluster import ensure_ray
+        from latentzip.pipeline.report.run import report
 
         ensure_ray()
         classical = report([], args.images, args.out.with_name(args.out.stem + "-report"), classical=against,
@@ -257,7 +257,7 @@ def _rd(args) -> int:
 
 
 def _encode(args) -> int:
-    from latentzip.pipeline.bench_encode import bench_encode, write_result
+    from latentzip.pipeline.bench.encode import bench_encode, write_result
 
     try:
         if args.out.suffix not in (".json", ".md"):
@@ -278,7 +278,7 @@ def _encode(args) -> int:
 
 def _anomaly(args) -> int:
     from latentzip.codecs.registry import UnknownCodecError
-    from latentzip.pipeline.bench_anomaly import anomaly_benchmark, write_anomaly
+    from latentzip.pipeline.bench.anomaly import anomaly_benchmark, write_anomaly
 
     try:
         if args.out.suffix not in (".json", ".md"):
@@ -294,13 +294,13 @@ def _anomaly(args) -> int:
 
 
 def _decode(args) -> int:
-    from latentzip.pipeline.bench_decode import bench_decode, write_result
+    from latentzip.pipeline.bench.decode import bench_decode, write_result
 
     try:
         if args.out.suffix not in (".json", ".md"):
             raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
         if args.batch_images:
-            from latentzip.pipeline.raycluster import ensure_ray
+            from latentzip.pipeline.cluster import ensure_ray
 
             ensure_ray()
         result = bench_decode(args.archive, count=args.count, trials=args.trials, batch_images=args.batch_images,

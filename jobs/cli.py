@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--verbose" in argv:
         import os
 
-        os.environ["LATENTZIP_VERBOSE"] = "1"  # read by latentzip.pipeline.raycluster.quiet_ray, here and in children
+        os.environ["LATENTZIP_VERBOSE"] = "1"  # read by latentzip.pipeline.cluster.quiet_ray, here and in children
         argv = [arg for arg in argv if arg != "--verbose"]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

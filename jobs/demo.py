@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.pipeline.decoding import decode_archive
     from latentzip.pipeline.encoding import encode
-    from latentzip.pipeline.raycluster import ensure_ray
-    from latentzip.pipeline.report import report
+    from latentzip.pipeline.cluster import ensure_ray
+    from latentzip.pipeline.report.run import report
     from latentzip.pipeline.shards import ingest
     from latentzip.codecs.registry import DEFAULT_ZOO_MODEL, zoo_models
-    from latentzip.pipeline.training import TrainConfig, train
+    from latentzip.pipeline.training.trainer import TrainConfig, train
 
     started = time.perf_counter()
     out = args.out.resolve()

@@ -48,7 +48,7 @@ def _connection_options(parser: argparse.ArgumentParser, default) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentzip.pipeline import submission
+    from latentzip.jobs import submission
 
     try:
         cluster = submission.Cluster(args.address, submission.load_token(args.token_file))

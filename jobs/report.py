@@ -114,8 +114,8 @@ def _steps_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentzip.pipeline.raycluster import ensure_ray
-    from latentzip.pipeline.report import report
+    from latentzip.pipeline.cluster import ensure_ray
+    from latentzip.pipeline.report.run import report
 
     models = [m.strip() for text in args.models for m in text.split(",") if m.strip()]
     if args.images is not None:

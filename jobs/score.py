@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ensure_ray(address: str | None) -> None:
-    from latentzip.pipeline.raycluster import ensure_ray
+    from latentzip.pipeline.cluster import ensure_ray
 
     ensure_ray(address=address)
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from latentzip.jobs.cli import COMMANDS
-    from latentzip.pipeline import submission
+    from latentzip.jobs import submission
 
     if args.command not in COMMANDS or args.command in ("submit", "jobs"):
         parser.error(f"cannot submit {args.command!r}: not a latentzip job")
@@ -119,7 +119,7 @@ def check_job_arguments(command: str, argv: list[str]) -> str | None:
 
 def report(cluster, job_id: str, status: str) -> int:
     """Say how the job ended (Ray's message on failure) and return the exit code for its status."""
-    from latentzip.pipeline.submission import exit_code
+    from latentzip.jobs.submission import exit_code
 
     if status == "SUCCEEDED":
         print(f"latentzip submit: {job_id} succeeded", file=sys.stderr)

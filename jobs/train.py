@@ -87,7 +87,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def resolve_config(args: argparse.Namespace, gpus_available: bool):
     """TrainConfig from defaults < TOML file < flags; ``use_gpu`` left unset means: if the cluster has GPUs."""
-    from latentzip.pipeline.training import TrainConfig
+    from latentzip.pipeline.training.trainer import TrainConfig
 
     values = tomllib.loads(args.config.read_text()) if args.config else {}
     values.update({field: getattr(args, dest) for dest, field in _FIELDS.items() if getattr(args, dest) is not None})
@@ -97,8 +97,8 @@ def resolve_config(args: argparse.Namespace, gpus_available: bool):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentzip.pipeline.raycluster import cluster_gpus, ensure_ray
-    from latentzip.pipeline.training import check_output_dir, check_readable, resolve_data, train
+    from latentzip.pipeline.cluster import cluster_gpus, ensure_ray
+    from latentzip.pipeline.training.trainer import check_output_dir, check_readable, resolve_data, train
 
     try:
         # The output and the data are checked before Ray starts: an unwritable --out or data of only
@@ -131,7 +131,7 @@ def _codec_dir(name: str | None):
 
 
 def _sweep(args: argparse.Namespace, config) -> int:
-    from latentzip.pipeline.sweep import train_sweep
+    from latentzip.pipeline.training.sweep import train_sweep
 
     try:
         lambdas = [float(value) for value in args.sweep.split(",") if value.strip()]

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"latentzip zoo: error: {args.name}: unreadable codec folder: {exc}", file=sys.stderr)
             return 2
         return 0
-    from latentzip.pipeline.benchmarks import load_images
+    from latentzip.pipeline.bench.rd import load_images
 
     try:
         images = load_images(args.val)

@@ -314,7 +314,7 @@ def _ray_batches(archive: str, todo: list[str], out: Path, format: str, batch_si
                  concurrency: int | None, address: str | None, options: dict):
     import ray
 
-    from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
+    from latentzip.pipeline.cluster import cluster_cpus, ensure_ray
 
     ensure_ray(address=address)
     ds = ray.data.from_items([{"id": i} for i in todo], override_num_blocks=max(1, len(todo) // batch_size))

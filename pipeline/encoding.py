@@ -376,7 +376,7 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     if todo:
         import ray
 
-        from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus, ensure_ray
+        from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus, ensure_ray
 
         ensure_ray(address=address)
         gpus, cpus = cluster_gpus(), cluster_cpus()

@@ -43,7 +43,7 @@ import torch
 from latentzip.codecs.generative import analyse
 from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_codec, load_learned_codec
-from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus
+from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus
 from latentzip.pipeline import storage
 from latentzip.pipeline.shards import is_shards, read_originals, shard_paths
 

@@ -152,7 +152,7 @@ def ray_local():
 
     import ray
 
-    from latentzip.pipeline.raycluster import PINNED, start_pinned
+    from latentzip.pipeline.cluster import PINNED, start_pinned
 
     started, saved = False, {name: os.environ.get(name) for name in ("RAY_ADDRESS", PINNED)}
     if not ray.is_initialized():

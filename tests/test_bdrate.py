@@ -1,4 +1,4 @@
-"""Bjontegaard deltas (pipeline/bdrate.py) against answers computed here, independently of the package."""
+"""Bjontegaard deltas (pipeline/report/bdrate.py) against answers computed here, independently of the package."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from latentzip.pipeline.bdrate import MIN_RATE_POINTS, bd_delta, bd_markdown, bd_table, frontier
-from latentzip.pipeline.report import curves, summarize
+from latentzip.pipeline.report.bdrate import MIN_RATE_POINTS, bd_delta, bd_markdown, bd_table, frontier
+from latentzip.pipeline.report.run import curves, summarize
 
 #: Four rate points of a plausible anchor: (bpp, PSNR dB), concave in log rate.
 ANCHOR = [(0.25, 28.0), (0.5, 31.0), (1.0, 34.5), (2.0, 38.0)]

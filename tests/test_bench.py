@@ -1,4 +1,4 @@
-"""``latentzip bench rd`` (latentzip.jobs.bench, latentzip.pipeline.benchmarks) on the tiny codec."""
+"""``latentzip bench rd`` (latentzip.jobs.bench, latentzip.pipeline.bench.rd) on the tiny codec."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from latentzip.jobs import bench, cli
-from latentzip.pipeline.benchmarks import compare
+from latentzip.pipeline.bench.rd import compare
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_rd_rejects_bad_arguments(tiny_codec_dir, image_folder, tmp_path, capsys
 
 
 def test_bd_deltas_with_four_rate_points():
-    from latentzip.pipeline.benchmarks import ModeResult
+    from latentzip.pipeline.bench.rd import ModeResult
 
     results = []
     for i, (bpp, psnr) in enumerate([(0.2, 28.0), (0.4, 31.0), (0.8, 34.0), (1.6, 37.0)]):
@@ -77,7 +77,7 @@ def test_bd_deltas_with_four_rate_points():
 
 
 def test_bd_deltas_leave_out_models_below_the_curve():
-    from latentzip.pipeline.benchmarks import ModeResult
+    from latentzip.pipeline.bench.rd import ModeResult
 
     points = [(0.2, 28.0), (0.4, 31.0), (0.5, 30.0), (0.8, 34.0), (1.6, 37.0)]  # q2: more bits, less PSNR
     results = [ModeResult(f"q{i}", "scale-hyperprior", mode, "00", 0.01, 1, 1, bpp * factor, psnr, 1.0, 1.0)

@@ -1,4 +1,4 @@
-"""``latentzip bench decode`` (pipeline/bench_decode.py) on a 300-image archive (two segments): every
+"""``latentzip bench decode`` (pipeline/bench/decode.py) on a 300-image archive (two segments): every
 figure is reported, and one lookup reads less than the archive (behaviour only; timing goals live in
 docs/benchmarks.md)."""
 

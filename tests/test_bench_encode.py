@@ -1,4 +1,4 @@
-"""``latentzip bench encode`` (pipeline/bench_encode.py) on tiny inputs: it runs and reports every figure."""
+"""``latentzip bench encode`` (pipeline/bench/encode.py) on tiny inputs: it runs and reports every figure."""
 
 from __future__ import annotations
 

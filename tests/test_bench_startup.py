@@ -1,4 +1,4 @@
-"""``latentzip bench startup`` (pipeline/bench_startup.py): every case runs in a fresh process and the
+"""``latentzip bench startup`` (pipeline/bench/startup.py): every case runs in a fresh process and the
 figures land in the results file."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from latentzip.jobs import bench
 from latentzip.pipeline.archive import open_archive
-from latentzip.pipeline.bench_startup import DECODE_ID, DECODE_SIZE, build_archive
+from latentzip.pipeline.bench.startup import DECODE_ID, DECODE_SIZE, build_archive
 
 
 def test_the_decode_case_reads_a_768x512_image(tmp_path):

@@ -125,7 +125,7 @@ def test_demo_command(local_ray, photos, tmp_path, capsys):
 
 
 def test_demo_completes_the_zoo_curve_and_says_where_it_stands(tmp_path):
-    from latentzip.pipeline.bdrate import BDResult
+    from latentzip.pipeline.report.bdrate import BDResult
 
     siblings = demo.zoo_siblings("mean-scale-q5")
     assert "mean-scale-q5" in siblings and {"mean-scale-q2", "mean-scale-q3"} <= set(siblings)

@@ -225,7 +225,7 @@ def own_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from latentzip.pipeline.raycluster import PINNED, start_pinned
+    from latentzip.pipeline.cluster import PINNED, start_pinned
 
     was_running = ray.is_initialized()
     if was_running:

@@ -259,7 +259,7 @@ def test_train_on_data_of_only_unreadable_files_is_one_line_error(tmp_path, caps
 
 
 def test_train_data_discovery_skips_what_is_not_a_regular_file_inside_the_folder(hostile_folder):
-    from latentzip.pipeline.training import resolve_data
+    from latentzip.pipeline.training.trainer import resolve_data
 
     source = resolve_data(hostile_folder)
     names = sorted(os.path.relpath(path, hostile_folder) for path in source.paths)
@@ -270,7 +270,7 @@ def test_train_data_discovery_skips_what_is_not_a_regular_file_inside_the_folder
 
 
 def test_train_data_discovery_follows_outside_links_when_asked(hostile_folder):
-    from latentzip.pipeline.training import resolve_data
+    from latentzip.pipeline.training.trainer import resolve_data
 
     source = resolve_data(hostile_folder, follow_symlinks=True)
     names = sorted(os.path.relpath(path, hostile_folder.parent) for path in source.paths)

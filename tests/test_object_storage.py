@@ -180,7 +180,7 @@ def test_folder_and_shards_on_s3_encode_into_s3_archive(s3, s3_endpoint, tiny_co
     assert [f.id for f in open_archive(f"s3://{BUCKET}/a.zarr").errors()] == ["broken.jpg"]
 
     # The report reads the archive and the originals (ingest shards) on S3.
-    from latentzip.pipeline.report import report
+    from latentzip.pipeline.report.run import report
 
     import pyarrow.parquet as pq
 
@@ -237,7 +237,7 @@ def test_training_data_and_checkpoints_on_s3(s3, s3_endpoint, sample_images, tmp
 
     # --init-from a codec URL: workers read its weights from S3; its steps count as done.
     from latentzip.codecs.hyperprior import CodecConfig, build_model
-    from latentzip.pipeline.training import TrainConfig, _initialise, initial_weights
+    from latentzip.pipeline.training.trainer import TrainConfig, _initialise, initial_weights
 
     init = initial_weights(f"{out}/codec/", TrainConfig(arch="scale-hyperprior", N=16, M=24, steps=8))
     assert init["weights"] == f"{out}/codec/model.safetensors" and init["step"] == 4

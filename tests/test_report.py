@@ -1,4 +1,4 @@
-"""The rate-distortion report (latentzip.pipeline.report and latentzip.jobs.report) on a tiny archive."""
+"""The rate-distortion report (latentzip.pipeline.report.run and latentzip.jobs.report) on a tiny archive."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from latentzip.codecs.classical import FORMATS
 from latentzip.jobs import report as report_job
 from latentzip.pipeline.archive import open_archive
 from latentzip.pipeline.encoding import encode
-from latentzip.pipeline.report import assign_series, classical_plan, learned_spec, model_spec, report
+from latentzip.pipeline.report.run import assign_series, classical_plan, learned_spec, model_spec, report
 from latentzip.pipeline.shards import ingest
 
 QUALITIES = {"jpeg": [30, 80], "webp": [50]}
@@ -223,7 +223,7 @@ def test_report_command_errors(archive, shards, tmp_path, capsys):
 
 
 def test_notes_beside_the_photos_are_not_measured(tmp_path, sample_images):
-    from latentzip.pipeline.report import original_ids
+    from latentzip.pipeline.report.run import original_ids
 
     sample_images[0].save(tmp_path / "a.png")
     (tmp_path / "SOURCES.md").write_text("# where the photos come from\n")

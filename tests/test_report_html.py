@@ -1,4 +1,4 @@
-"""The report's HTML page and outputs (pipeline/report_html.py, pipeline/report_outputs.py), from a report that
+"""The report's HTML page and outputs (pipeline/report/html.py, pipeline/report/outputs.py), from a report that
 encodes a folder of images on the fly with four tiny learned codecs (no archive involved)."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from PIL import Image
 
 from latentzip.codecs.checkpoint import export_codec
 from latentzip.codecs.hyperprior import CodecConfig, build_model
-from latentzip.pipeline.report import report
-from latentzip.pipeline.report_html import outliers
-from latentzip.pipeline.report_outputs import load_reference
+from latentzip.pipeline.report.run import report
+from latentzip.pipeline.report.html import outliers
+from latentzip.pipeline.report.outputs import load_reference
 
 LAMBDAS = (0.001, 0.002, 0.004, 0.008)
 QUALITIES = {"jpeg": [30, 80], "webp": [50]}

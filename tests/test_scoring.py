@@ -157,7 +157,7 @@ def test_score_command_on_shards_and_an_archive(encoded, tiny_codec_dir, tiny_co
 
 def test_bench_anomaly_on_constructed_anomalies(tiny_codec_dir, photo, tmp_path, capsys):
     from latentzip.jobs import bench
-    from latentzip.pipeline.bench_anomaly import KINDS, auroc, precision_at_recall
+    from latentzip.pipeline.bench.anomaly import KINDS, auroc, precision_at_recall
 
     assert auroc([0.0, 1.0], [2.0, 3.0]) == 1.0 and auroc([1.0], [1.0]) == 0.5 and auroc([2.0], [1.0]) == 0.0
     assert precision_at_recall([0.5, 2.5], [1.0, 2.0, 3.0], recall=0.6) == 2 / 3

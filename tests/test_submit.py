@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from latentzip.jobs import jobs
-from latentzip.pipeline import submission
+from latentzip.jobs import submission
 from latentzip.pipeline.shards import ingest
 
 pytestmark = pytest.mark.slow
@@ -143,7 +143,7 @@ def test_wheel_is_cached_and_declares_no_dependencies(cache_dir):
         names = wheel.namelist()
         metadata = wheel.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist" not in metadata
-    assert "latentzip/pipeline/submission.py" in names and "latentzip/codecs/hyperprior.py" in names
+    assert "latentzip/jobs/submission.py" in names and "latentzip/pipeline/training/trainer.py" in names and "latentzip/codecs/hyperprior.py" in names
     assert not any(name.startswith("codecs/") for name in names)  # never a top-level `codecs`
 
 

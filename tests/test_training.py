@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentzip.codecs.registry import load_codec
-from latentzip.pipeline.training import PatchSampler, TrainConfig, load_images, resolve_data, train
+from latentzip.pipeline.training.trainer import PatchSampler, TrainConfig, load_images, resolve_data, train
 
 #: MSE-heavy lmbda and a high learning rate, so a tiny model's loss falls clearly within a few dozen steps.
 TINY = dict(N=16, M=24, patch_size=64, batch_size=4, lr=1e-3, lmbda=0.1, log_every=5, checkpoint_every=20,
@@ -121,7 +121,7 @@ def test_rsqrt_schedule_continues_instead_of_restarting():
 
 def test_bf16_training_step_keeps_the_rate_in_fp32_and_learns():
     from latentzip.codecs.hyperprior import build_model
-    from latentzip.pipeline.training import _optimizers, _train_step
+    from latentzip.pipeline.training.trainer import _optimizers, _train_step
 
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")

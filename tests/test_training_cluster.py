@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from latentzip.codecs.registry import load_codec
-from latentzip.pipeline.sweep import plan, train_sweep
-from latentzip.pipeline.training import TrainConfig, train
+from latentzip.pipeline.training.sweep import plan, train_sweep
+from latentzip.pipeline.training.trainer import TrainConfig, train
 
 TINY = dict(N=16, M=24, patch_size=64, batch_size=4, lr=1e-3, log_every=10, max_side=256, seed=0)
 
@@ -117,7 +117,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, samples_dir
 
 @pytest.mark.slow
 def test_bench_train_times_the_same_step_in_both_loops(ray_local, samples_dir):
-    from latentzip.pipeline.bench_train import bench_train, markdown
+    from latentzip.pipeline.bench.train import bench_train, markdown
 
     config = TrainConfig(num_workers=1, checkpoint_every=20, **{**TINY, "batch_size": 2})
     result = bench_train(samples_dir, config, steps=25, threads=1, workers=1, progress=lambda _: None)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from latentzip.pipeline.raycluster import PINNED
+from latentzip.pipeline.cluster import PINNED
 
 ANOTHER_CLUSTER = """
 import sys, ray
@@ -67,7 +67,7 @@ def test_two_embedded_training_jobs_side_by_side(tmp_path, samples_dir):
 
 QUIET_PROBE = """
 import ray
-from latentzip.pipeline.raycluster import ensure_ray
+from latentzip.pipeline.cluster import ensure_ray
 
 ensure_ray(num_cpus=2)
 

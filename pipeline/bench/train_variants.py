@@ -1,7 +1,7 @@
 """``latentzip bench train --variants``: what pays per CPU-hour, and what it costs in RD at equal steps.
 
 Each variant changes one thing about the very same training step
-(:func:`~latentzip.pipeline.training._train_step`):
+(:func:`~latentzip.pipeline.training.trainer._train_step`):
 
 - ``fp32``: today's step;
 - ``bf16``: g_a and g_s under bf16 autocast (GDN, hyperprior, likelihoods and the rate in fp32), as
@@ -17,7 +17,7 @@ Two measurements per variant:
    a sweep do) and their images/s are summed: the figure to set against a DDP run of as many workers.
 2. **RD at equal steps** (``ab_steps`` > 0): every variant starts from the same weights (``init``: a trained
    codec, or the seed), sees the very same crops in the same order for ``ab_steps`` steps, and is then
-   validated the way a training run is (:func:`~latentzip.pipeline.training.evaluate`, in fp32: coded bpp
+   validated the way a training run is (:func:`~latentzip.pipeline.training.trainer.evaluate`, in fp32: coded bpp
    from the bytes, PSNR of the decoded 8-bit image) on ``val`` images. The RD cost
    λ·255²·MSE + bpp of each variant against fp32's says whether it hurts.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from latentzip.codecs.hyperprior import build_model
-from latentzip.pipeline.training import (
+from latentzip.pipeline.training.trainer import (
     PatchSampler, TrainConfig, _optimizers, _train_step, evaluate, load_images, resolve_data)
 
 VARIANTS = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "channels-last": (None, True),

@@ -52,7 +52,7 @@ from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_mode
 from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
 from latentzip.pipeline import storage
 from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, InputFileError, read_file, resolve_input, split_names
-from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
+from latentzip.pipeline.cluster import cluster_cpus, ensure_ray
 from latentzip.pipeline.shards import is_shards, shard_paths
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".jxl",

@@ -237,9 +237,9 @@ def _bd(by_model: dict) -> dict:
 
 def write_rd(result: RDBenchmark, out: str | Path, classical=None) -> Path:
     """``out`` ending in .json gets the full figures (per image too), .md the tables. ``classical``: the
-    :class:`~latentzip.pipeline.report.ReportResult` of the same models against classical codecs, whose BD
+    :class:`~latentzip.pipeline.report.run.ReportResult` of the same models against classical codecs, whose BD
     table is included (its plots, rows and HTML stay in the report's folder)."""
-    from latentzip.pipeline.bdrate import bd_markdown, bd_records
+    from latentzip.pipeline.report.bdrate import bd_markdown, bd_records
 
     out = Path(out)
     if out.suffix not in (".json", ".md"):
@@ -278,8 +278,8 @@ def refinement_table(classical) -> list[dict]:
     encode seconds per megapixel. Empty when the report has no refined series."""
     import pyarrow.parquet as pq
 
-    from latentzip.pipeline.bdrate import bd_delta
-    from latentzip.pipeline.report import curves, summarize
+    from latentzip.pipeline.report.bdrate import bd_delta
+    from latentzip.pipeline.report.run import curves, summarize
 
     rows = [r for r in pq.read_table(classical.rows_parquet).to_pylist() if r["kind"] == "learned"]
     names = list(dict.fromkeys(r["codec"] for r in rows))

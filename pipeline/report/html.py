@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentzip.pipeline.bdrate import METRICS
-from latentzip.pipeline.report_outputs import BD_CONVENTIONS, CONVENTIONS, fmt, seconds
+from latentzip.pipeline.report.bdrate import METRICS
+from latentzip.pipeline.report.outputs import BD_CONVENTIONS, CONVENTIONS, fmt, seconds
 
 #: Outliers listed at each end (worst and best images for the learned model against the anchor).
 OUTLIERS_EACH_WAY = 5

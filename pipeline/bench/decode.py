@@ -40,7 +40,7 @@ from PIL import Image
 from latentzip.codecs.images import load_image
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.archive import ArchiveWriter, Item, open_archive
-from latentzip.pipeline.bench_encode import fixed_seed_codec, generate_images
+from latentzip.pipeline.bench.encode import fixed_seed_codec, generate_images
 from latentzip.pipeline.decoding import decode_archive, decode_image
 from latentzip.pipeline.shards import list_files
 
@@ -256,7 +256,7 @@ def bench_decode(archive: Path | None = None, count: int = 10_000, trials: int =
         out = work / ("batch.parquet" if batch_format == "parquet" else "batch")
         summary = decode_archive(archive, out, ids=selection, concurrency=concurrency, progress=None,
                                  format=batch_format)
-        from latentzip.pipeline.raycluster import cluster_cpus
+        from latentzip.pipeline.cluster import cluster_cpus
 
         result.batch = {"images": summary.images, "failures": len(summary.failures), "seconds": summary.seconds,
                         "images_per_s": summary.images / summary.seconds, "format": batch_format,

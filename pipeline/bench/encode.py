@@ -237,7 +237,7 @@ def bench_encode(model: str | Path | None = None, images: Path | None = None, co
             results[-1].psnr_db = _psnr(codec, streams_of[name], paths)
     profiles = []
     if profile:
-        from latentzip.pipeline.bench_encode_profile import profile_encode
+        from latentzip.pipeline.bench.encode_profile import profile_encode
 
         for precision, which in (("fp32", codec), ("bf16", fast)):
             expected = streams_of["latentzip-batched" if precision == "fp32" else "latentzip-batched-bf16"]

@@ -1,6 +1,6 @@
 """``latentzip bench train``: Ray Train's throughput against a plain single-process loop.
 
-Both run the very same step (:func:`~latentzip.pipeline.training._train_step`: forward, rate + distortion
+Both run the very same step (:func:`~latentzip.pipeline.training.trainer._train_step`: forward, rate + distortion
 loss, clipping, both optimisers) on the same model, batch and patch sampler, with the same number of torch
 threads. The plain loop is timed after a few warm-up steps. The Ray Train run is one worker of a real
 ``TorchTrainer`` (DDP) run as a real run is: a metrics row every ``REPORT_EVERY`` steps, a checkpoint (and
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from latentzip.codecs.hyperprior import build_model
-from latentzip.pipeline.training import (
+from latentzip.pipeline.training.trainer import (
     PatchSampler, TrainConfig, _optimizers, _train_step, load_images, resolve_data, train)
 
 WARMUP = 5

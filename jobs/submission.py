@@ -186,7 +186,7 @@ class Cluster:
         self._has_token = token is not None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         # Ray lets $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, override the address it is given (and an
-        # embedded cluster of this process exports RAY_ADDRESS: pipeline/raycluster.py); the address this
+        # embedded cluster of this process exports RAY_ADDRESS: pipeline/cluster.py); the address this
         # client was given is the one it talks to.
         saved = os.environ.get("RAY_API_SERVER_ADDRESS")
         os.environ["RAY_API_SERVER_ADDRESS"] = self.address

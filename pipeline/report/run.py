@@ -20,7 +20,7 @@ stay separate points.
 
 **Sweeps cover the learned range.** Unless ``extend_sweeps=False``, after the first pass each classical
 codec whose mean bpp does not reach below the lowest (above the highest) learned mean bpp gets a quality
-halfway towards its range limit, measured in another pass, for up to :data:`~latentzip.pipeline.report_sweeps.MAX_EXTEND_ROUNDS` rounds; the
+halfway towards its range limit, measured in another pass, for up to :data:`~latentzip.pipeline.report.sweeps.MAX_EXTEND_ROUNDS` rounds; the
 report lists which codecs cover the range and which stop at their quality limit.
 
 Distortion is measured against the original after :func:`~latentzip.codecs.images.load_image` (the same
@@ -30,10 +30,10 @@ with a side under 161 px). Work runs as one Ray task per image when Ray is initi
 Outputs in ``out_dir``: ``rows.parquet`` (one row per image, codec and quality: id, kind, codec, quality,
 num_bytes, bpp, psnr_db, ms_ssim, encode_s, decode_s, width, height), ``summary.parquet`` (means per codec
 and quality), ``bd.parquet`` / ``bd.json`` (BD-rate and BD-PSNR / BD-MS-SSIM of every learned series
-against every classical codec, :mod:`latentzip.pipeline.bdrate`), ``rd_psnr.png`` and, when any MS-SSIM
+against every classical codec, :mod:`latentzip.pipeline.report.bdrate`), ``rd_psnr.png`` and, when any MS-SSIM
 is defined, ``rd_msssim.png``, ``report.md`` and a self-contained ``report.html``
-(:mod:`latentzip.pipeline.report_html`). Optional reference series (JSON,
-:func:`~latentzip.pipeline.report_outputs.load_reference`) are drawn on the plots.
+(:mod:`latentzip.pipeline.report.html`). Optional reference series (JSON,
+:func:`~latentzip.pipeline.report.outputs.load_reference`) are drawn on the plots.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from latentzip.codecs.classical import FORMATS, ClassicalCodec
 from latentzip.codecs.images import load_image
 from latentzip.codecs.metrics import ms_ssim, psnr_db
 from latentzip.codecs.registry import load_codec, zoo_models
-from latentzip.pipeline import report_html
+from latentzip.pipeline.report import html as report_html
 from latentzip.pipeline.archive import Item, open_archive
-from latentzip.pipeline.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
-from latentzip.pipeline.raycluster import cluster_cpus
-from latentzip.pipeline.report_outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
+from latentzip.pipeline.report.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
+from latentzip.pipeline.cluster import cluster_cpus
+from latentzip.pipeline.report.outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
                                                write_markdown, write_table)
-from latentzip.pipeline.report_sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
+from latentzip.pipeline.report.sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
 from latentzip.pipeline import storage
 from latentzip.pipeline.shards import is_shards, shard_paths
 

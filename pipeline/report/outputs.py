@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentzip.codecs.metrics import MS_SSIM_MIN_SIDE
-from latentzip.pipeline.bdrate import MIN_RATE_POINTS, bd_markdown
+from latentzip.pipeline.report.bdrate import MIN_RATE_POINTS, bd_markdown
 
 #: The learned series' colours, in order, and the classical codecs' (no reds: red is for learned models).
 LEARNED_COLOURS = ("crimson", "black", "deeppink", "goldenrod")
@@ -85,7 +85,7 @@ def plot_rd(curves: dict[str, dict], ylabel: str, path: Path, title: str,
             references: list[tuple[str, list[tuple[float, float]]]] = ()) -> Path:
     """bpp vs one metric: a line per classical codec, learned series highlighted, references dashed grey.
 
-    ``curves`` is :func:`latentzip.pipeline.report.curves` for the metric; ``references`` are (label,
+    ``curves`` is :func:`latentzip.pipeline.report.run.curves` for the metric; ``references`` are (label,
     [(bpp, value)]) pairs. With learned series, the axes show up to 3x their highest bpp (at least 2 bpp),
     where the comparison is; every point is in the tables.
     """

@@ -1,6 +1,6 @@
 """A λ sweep in one command: several rate points trained concurrently, one codec each.
 
-Each λ is a trial: a Ray task (holding no resources itself) that runs :func:`~latentzip.pipeline.training.train`
+Each λ is a trial: a Ray task (holding no resources itself) that runs :func:`~latentzip.pipeline.training.trainer.train`
 into ``<out_dir>/lambda-<λ>``, so each trial is an ordinary Ray Train run with its own ``TorchTrainer``,
 checkpoints, resume-by-rerun and exported codec. The cluster is shared out before anything starts: each
 trial's workers get ``CPUs // (concurrent trials x workers)`` CPUs (at least one) and, with GPUs, an equal
@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 
 from latentzip.pipeline import storage
-from latentzip.pipeline.raycluster import cluster_cpus, cluster_gpus, ensure_ray
-from latentzip.pipeline.training import TrainConfig, TrainResult, check_output_dir, check_readable, resolve_data, train
+from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus, ensure_ray
+from latentzip.pipeline.training.trainer import TrainConfig, TrainResult, check_output_dir, check_readable, resolve_data, train
 
 
 def trial_dir(out_dir: str | Path, lmbda: float) -> Path | str:
