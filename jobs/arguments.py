@@ -54,3 +54,19 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--follow-symlinks", action="store_true",
                         help="read symbolic links that point outside the input folder (default: recorded as "
                              "failures; links to files inside it are always read)")
+
+
+#: ``latentzip train``'s flag destinations -> TrainConfig fields (the flags that set the config).
+TRAIN_FLAGS = {
+    "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",
+    "patch_size": "patch_size", "workers": "num_workers", "gpu": "use_gpu", "checkpoint_every": "checkpoint_every",
+    "lr": "lr", "seed": "seed", "validate_every": "validate_every", "max_failures": "max_failures",
+    "precision": "precision", "lr_rsqrt_from": "lr_rsqrt_from", "lr_decay_at": "lr_decay_at",
+}
+
+
+def train_options(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict:
+    """The TrainConfig fields the parsed flags set (for ``training.config.build_config``); ``exclude``
+    names flags a command uses with another meaning (``bench train``'s timed ``--steps``)."""
+    return {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()
+            if dest not in exclude and getattr(args, dest, None) is not None}

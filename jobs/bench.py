@@ -59,14 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Time the same training step in a plain loop and in Ray Train.")
     tr.add_argument("data", type=Path, help="training images (folder) or ingest shards")
     tr.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
-    tr.add_argument("--arch", default="mean-scale-hyperprior")
-    tr.add_argument("--N", type=int, default=64)
-    tr.add_argument("--M", type=int, default=96)
-    tr.add_argument("--batch-size", type=int, default=4)
-    tr.add_argument("--patch-size", type=int, default=128)
-    tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    tr.add_argument("--config", type=Path, metavar="FILE.toml", help="training settings, as for latentzip train")
+    tr.add_argument("--arch", help="default mean-scale-hyperprior (the zoo's)")
+    tr.add_argument("--N", type=int, help="default 64")
+    tr.add_argument("--M", type=int, help="default 96")
+    tr.add_argument("--batch-size", type=int, help="default 4")
+    tr.add_argument("--patch-size", type=int, help="default 128")
+    tr.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     tr.add_argument("--steps", type=int, default=500, help="timed steps per run (default 500)")
-    tr.add_argument("--checkpoint-every", type=int, default=500,
+    tr.add_argument("--checkpoint-every", type=int,
                     help="Ray Train checkpoints (each with a ray.train.report) every this many steps, as a real "
                          "run would (default 500, the zoo's)")
     tr.add_argument("--threads", default="1",
@@ -140,20 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: ``bench train``'s recipe: the zoo's model and patches, one worker per run (the DDP run sets its own).
+BENCH_TRAIN_RECIPE = {"arch": "mean-scale-hyperprior", "N": 64, "M": 96, "batch_size": 4, "patch_size": 128,
+                      "lr": 1e-4, "checkpoint_every": 500, "num_workers": 1}
+
+
+def _bench_config(args):
+    """The TrainConfig of the timed runs, made as ``latentzip train`` makes its own (training.config)."""
+    from latentzip.jobs.arguments import train_options
+    from latentzip.pipeline.training.config import build_config
+
+    return build_config(train_options(args, exclude=("steps", "workers")), args.config, BENCH_TRAIN_RECIPE)
+
+
 def _train_variants(args) -> int:
     import json
 
     from latentzip.pipeline.bench import train_variants as bench
-    from latentzip.pipeline.training.trainer import TrainConfig
 
     variants = bench.check_variants([name.strip() for name in args.variants.split(",") if name.strip()])
     threads = [int(value) for value in args.threads.split(",")]
     if args.ab_steps and args.val is None:
         raise ValueError("--ab-steps needs --val (the images the variants are validated on)")
     init, codec_config, lmbda = bench.init_weights(args.init_from)
-    config = bench.config_for(TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
-                                          patch_size=args.patch_size, num_workers=1, lr=args.lr),
-                              codec_config, lmbda, args.ab_steps)
+    config = bench.config_for(_bench_config(args), codec_config, lmbda, args.ab_steps)
     result = bench.bench_variants(args.data, config, variants, steps=args.steps, threads=threads,
                                   repeats=args.repeats, concurrent=args.concurrent, ab_steps=args.ab_steps,
                                   val=args.val, init=init, init_name=args.init_from)
@@ -172,10 +183,8 @@ def _train(args) -> int:
         return _train_variants(args)
     from latentzip.pipeline.bench.train import bench_train, markdown
     from latentzip.pipeline.cluster import ensure_ray
-    from latentzip.pipeline.training.trainer import TrainConfig
 
-    config = TrainConfig(arch=args.arch, N=args.N, M=args.M, batch_size=args.batch_size,
-                         patch_size=args.patch_size, num_workers=1, checkpoint_every=args.checkpoint_every, lr=args.lr)
+    config = _bench_config(args)
     ensure_ray()
     result = bench_train(args.data, config, steps=args.steps, threads=int(args.threads), workers=args.workers,
                          repeats=args.repeats)

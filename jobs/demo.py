@@ -16,6 +16,10 @@ from pathlib import Path
 
 from latentzip.jobs.arguments import Parser
 
+#: The small codec the demo trains when asked (--train) or when the zoo is missing: a few minutes on 2 cores.
+DEMO_TRAIN_RECIPE = {"N": 64, "M": 96, "lmbda": 0.025, "batch_size": 4, "patch_size": 128, "max_side": 512,
+                     "lr": 5e-4, "aux_lr": 1e-2, "log_every": 100}
+
 
 def sample_folder() -> Path:
     return Path(str(resources.files("latentzip.jobs") / "samples"))
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from latentzip.pipeline.report.run import report
     from latentzip.pipeline.shards import ingest
     from latentzip.codecs.registry import DEFAULT_ZOO_MODEL, zoo_models
-    from latentzip.pipeline.training.trainer import TrainConfig, train
+    from latentzip.pipeline.training.config import build_config
+    from latentzip.pipeline.training.trainer import train
 
     started = time.perf_counter()
     out = args.out.resolve()
@@ -62,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model
     if args.train or (model is None and DEFAULT_ZOO_MODEL not in zoo_models()):
         stage(f"train a small codec with {args.workers} Ray Train workers")
-        config = TrainConfig(N=64, M=96, lmbda=0.025, batch_size=4, patch_size=128, steps=args.steps,
-                             checkpoint_every=max(1, args.steps // 4), num_workers=args.workers,
-                             max_side=512, lr=5e-4, aux_lr=1e-2, log_every=100)
+        config = build_config({"steps": args.steps, "checkpoint_every": max(1, args.steps // 4),
+                               "num_workers": args.workers}, recipe=DEMO_TRAIN_RECIPE)
         model = str(train(shards.out_dir, out / "demo-codec", config).codec_dir)
     model = model or DEFAULT_ZOO_MODEL
     stage(f"encode into a Zarr archive on Ray Data with {model}")

@@ -16,16 +16,7 @@ from pathlib import Path
 
 from latentzip.codecs.hyperprior import ARCHITECTURES
 
-from latentzip.jobs.arguments import Parser
-
-#: flag destination -> TrainConfig field, for the flags that override the config.
-_FIELDS = {
-    "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",
-    "patch_size": "patch_size", "workers": "num_workers", "gpu": "use_gpu", "checkpoint_every": "checkpoint_every",
-    "lr": "lr", "seed": "seed", "validate_every": "validate_every", "max_failures": "max_failures",
-    "precision": "precision", "lr_rsqrt_from": "lr_rsqrt_from", "lr_decay_at": "lr_decay_at",
-}
-
+from latentzip.jobs.arguments import Parser, train_options
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
@@ -87,18 +78,16 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def resolve_config(args: argparse.Namespace, gpus_available: bool):
     """TrainConfig from defaults < TOML file < flags; ``use_gpu`` left unset means: if the cluster has GPUs."""
-    from latentzip.pipeline.training.trainer import TrainConfig
+    from latentzip.pipeline.training.config import build_config
 
-    values = tomllib.loads(args.config.read_text()) if args.config else {}
-    values.update({field: getattr(args, dest) for dest, field in _FIELDS.items() if getattr(args, dest) is not None})
-    values.setdefault("use_gpu", gpus_available)
-    return TrainConfig.from_dict(values)
+    return build_config(train_options(args), args.config, recipe={"use_gpu": gpus_available})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.pipeline.cluster import cluster_gpus, ensure_ray
-    from latentzip.pipeline.training.trainer import check_output_dir, check_readable, resolve_data, train
+    from latentzip.pipeline.training.data import check_readable, resolve_data
+    from latentzip.pipeline.training.trainer import check_output_dir, train
 
     try:
         # The output and the data are checked before Ray starts: an unwritable --out or data of only

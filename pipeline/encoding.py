@@ -1,7 +1,7 @@
 """Encode: Parquet shards or image folders -> entropy-coded bitstreams in a Zarr archive, as a Ray Data job.
 
 The unit of work is one input shard, or, for an image folder, one group of ``files_per_unit`` consecutive
-files in ``list_files`` order (sorted, hidden files skipped; the group's name carries a hash of its ids,
+image entries (pipeline/sources.py: sorted, hidden files and notes left out; the name carries a hash of its ids,
 see :func:`list_units`), so a unit is the same on every run over the same folder. Ray Data hands units to
 an actor pool of :class:`EncodeStage` (model loaded once per actor), which reads the unit's images (the
 conversion policy of codecs/images.py), encodes them in dense batches of one padded size, and returns one
@@ -18,28 +18,24 @@ Data's ``max_errored_blocks`` stays 0 (a non-zero value silently drops whole blo
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
-import types
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from latentzip.codecs.images import UnsupportedImageError, load_image
-from latentzip.codecs.registry import check_codec_name, load_codec, load_learned_codec
+from latentzip.codecs.registry import check_codec_name, load_learned_codec
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item, check_archive_location
-from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, check_max_file_bytes, read_input, split_names
+from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, check_max_file_bytes
 from latentzip.pipeline.progress import Progress
-from latentzip.pipeline.shards import is_shards, shard_paths
-from PIL import Image
+from latentzip.pipeline.sources import resolve
 
-PRECISIONS = ("fp32", "bf16")
+from latentzip.pipeline.encoding_stage import PRECISIONS, EncodeStage
+
+
 FILES_PER_UNIT = 256
 
 
@@ -60,26 +56,22 @@ def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tu
     (``"shards"`` or ``"file groups"``).
 
     A shard file, or a folder holding Parquet shards or ``ingest.json``, is ingest output: one unit per
-    shard. Any other folder is an image folder: its files in ``list_files`` order, cut into groups of
+    shard. Any other folder is an image folder: its image entries (pipeline/sources.py) in order, cut into groups of
     ``files_per_unit``; group k is named ``FOLDER#files-<k*files_per_unit, 9 digits>-<BLAKE2b-48 of its ids
     joined by NUL>``, so the same folder gives the same units on every run, and a group whose files
     changed gets a new name (its files not in the archive yet are encoded, the others skipped).
     """
-    location = storage.normalise(location)
-    if not storage.exists(location):
-        raise FileNotFoundError(f"input {location} does not exist")
-    if is_shards(location):
-        return [Unit(str(p), storage.parquet_file(p).metadata.num_rows) for p in shard_paths(location)], "shards"
+    source = resolve(location)
+    if source.kind == "shards":
+        return [Unit(str(p), storage.parquet_file(p).metadata.num_rows) for p in source.shards], "shards"
+    location = source.location
     if storage.is_file(location):
         raise ValueError(f"input {location} is a file: give a folder of images, ingest output or a Parquet shard")
     if files_per_unit < 1:
         raise ValueError("files_per_unit must be at least 1")
-    listed = storage.list_files(location)
-    if not listed:
-        raise FileNotFoundError(f"no files and no Parquet shards in {location}")
     # A name that is not UTF-8 keeps its place in its group, under a printable id, and is recorded as a
-    # failure with the reason instead of being read.
-    entries = [(name, "") if good else bad[0] for name in listed for good, bad in [split_names([name])]]
+    # failure with the reason instead of being read (pipeline/sources.py).
+    entries = source.entries
     units = []
     for start in range(0, len(entries), files_per_unit):
         group = tuple(item_id for item_id, _ in entries[start : start + files_per_unit])
@@ -88,132 +80,6 @@ def list_units(location: str | Path, files_per_unit: int = FILES_PER_UNIT) -> tu
         units.append(Unit(f"{location}#files-{start:09d}-{digest}", len(group), str(location), group,
                           refused if any(refused) else ()))
     return units, "file groups"
-
-
-def fast_analysis(model: torch.nn.Module) -> None:
-    """Run the model's analysis transform ``g_a`` channels-last under bf16 autocast (float32 out).
-
-    Only ``g_a``: the entropy parameters (``h_s`` from the z symbols) stay exact integer arithmetic, so
-    streams still decode anywhere; bf16 only moves ``y`` slightly, i.e. which symbols are coded (a small
-    RD change, measured by ``latentzip bench encode``). The weights are unchanged (same model id).
-    """
-    g_a = model.g_a.to(memory_format=torch.channels_last)
-    plain = type(g_a).forward
-
-    def forward(self, x):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            y = plain(self, x.contiguous(memory_format=torch.channels_last))
-        return y.float().contiguous()
-
-    g_a.forward = types.MethodType(forward, g_a)
-
-
-def _rows(unit: str, start: int, out: dict[str, list]) -> dict[str, np.ndarray]:
-    """One chunk's result rows as a Ray Data batch: rows ``start``… of ``unit``."""
-    dtypes = {"row": np.int64, "height": np.int64, "width": np.int64}
-    columns = {"unit": [unit] * len(out["id"]), "row": list(range(start, start + len(out["id"]))), **out}
-    return {name: np.array(values, dtype=dtypes.get(name, object)) for name, values in columns.items()}
-
-
-class EncodeStage:
-    """Ray Data callable class: a batch of units -> one row per image of those units.
-
-    A unit is a shard (``{"unit": [path]}``) or a group of files (``{"unit": [name], "folder": [folder],
-    "files": [ids joined by NUL], "refused": [JSON of id -> why it is not read]}``; "refused" optional). Runs without Ray too: ``EncodeStage(model)({"unit": np.array([path])})``,
-    or ``encode_rows`` on bytes.
-    """
-
-    def __init__(self, model_ref: str, device: str = "cpu", max_batch: int = 16, threads: int | None = None,
-                 precision: str = "fp32", refine_steps: int = 0, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 follow_symlinks: bool = False):
-        self.refine_steps = refine_steps
-        self.max_file_bytes, self.follow_symlinks = max_file_bytes, follow_symlinks
-        if threads:
-            torch.set_num_threads(threads)
-        self.codec = load_codec(model_ref, device=device, max_batch=max_batch)
-        if precision == "bf16":
-            fast_analysis(self.codec.model)
-        self.readers = ThreadPoolExecutor(max_workers=max(1, threads or 1))
-        self.chunk = max(1, max_batch)
-
-    def __call__(self, batch: dict[str, np.ndarray]):
-        """Yields the rows of each unit a chunk of ``max_batch`` images at a time, so the driver sees (and
-        counts) images as they are encoded, not only when a whole unit is done."""
-        for u, unit in enumerate(batch["unit"]):
-            if "files" in batch:
-                ids = str(batch["files"][u]).split("\0")
-                folder = str(batch["folder"][u])
-                refused = json.loads(str(batch["refused"][u])) if "refused" in batch else {}
-                for start in range(0, len(ids), self.chunk):
-                    chunk = ids[start:start + self.chunk]
-                    read = list(self.readers.map(self._read_file, [folder] * len(chunk), chunk,
-                                                 [refused.get(item_id, "") for item_id in chunk]))
-                    out = self.encode_rows(chunk, [data for data, _ in read], [error for _, error in read])
-                    yield _rows(str(unit), start, out)
-            else:
-                table = storage.read_table(str(unit), columns=["id", "image"])
-                ids, images = table.column("id").to_pylist(), table.column("image")
-                for start in range(0, len(ids), self.chunk):
-                    out = self.encode_rows(ids[start:start + self.chunk],
-                                           images.slice(start, self.chunk).to_pylist())
-                    yield _rows(str(unit), start, out)
-
-    def encode_rows(self, ids: list[str], blobs: list[bytes], read_errors: list[str] | None = None) -> dict[str, list]:
-        """Decode (in parallel threads) and encode; per row: id, data, height, width, mode, error.
-        ``read_errors``: per row, why its bytes could not be read ("" if they were)."""
-        opened = [(None, "", error) if error else None for error in read_errors or [""] * len(blobs)]
-        todo = [i for i, entry in enumerate(opened) if entry is None]
-        for i, entry in zip(todo, self.readers.map(_open, [blobs[i] for i in todo])):
-            opened[i] = entry
-        errors = [error for _, _, error in opened]
-        good = [i for i, (image, _, _) in enumerate(opened) if image is not None]
-        streams = [b""] * len(ids)
-        for i, data in zip(good, self._encode([opened[i][0] for i in good], good, errors)):
-            streams[i] = data or b""
-        return {
-            "id": list(ids),
-            "data": streams,
-            "height": [image.height if image else 0 for image, _, _ in opened],
-            "width": [image.width if image else 0 for image, _, _ in opened],
-            "mode": [mode for _, mode, _ in opened],
-            "error": errors,
-        }
-
-    def _encode(self, images, positions, errors):
-        try:
-            return self.codec.encode_batch(images, refine_steps=self.refine_steps)  # dense batches by padded size
-        except Exception:  # noqa: BLE001 - retry one by one so one bad image cannot sink its batch
-            out = []
-            for image, position in zip(images, positions):
-                try:
-                    out.append(self.codec.encode(image, refine_steps=self.refine_steps))
-                except Exception as exc:  # noqa: BLE001
-                    errors[position] = f"encode failed: {type(exc).__name__}: {exc}"
-                    out.append(None)
-            return out
-
-    def _read_file(self, folder: str, item_id: str, refused: str = "") -> tuple[bytes, str]:
-        """(bytes, "") or (b"", why not): the input policy of pipeline/inputs.py, a per-file failure."""
-        if refused:
-            return b"", f"unreadable file: {refused}"
-        try:
-            return read_input(folder, item_id, self.max_file_bytes, self.follow_symlinks), ""
-        except OSError as exc:  # vanished, unreadable, not a regular file, too large: a per-file failure
-            return b"", f"unreadable file: {type(exc).__name__}: {exc}"
-
-
-def _open(data: bytes) -> tuple[Image.Image | None, str, str]:
-    """(8-bit RGB image or None, original mode, error)."""
-    try:
-        if not data:
-            raise UnsupportedImageError("empty file")
-        image = load_image(bytes(data))
-        with Image.open(io.BytesIO(data)) as probe:
-            return image, probe.mode, ""
-    except UnsupportedImageError as exc:
-        return None, "", str(exc)
-    except Exception as exc:  # noqa: BLE001 - Pillow's probe raises more than load_image's guard
-        return None, "", f"not a readable image: {type(exc).__name__}: {exc}"
 
 
 def bpp_text(mean_bpp: float, total_bpp: float) -> str:

@@ -45,7 +45,8 @@ from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_codec, load_learned_codec
 from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus
 from latentzip.pipeline import storage
-from latentzip.pipeline.shards import is_shards, read_originals, shard_paths
+from latentzip.pipeline.shards import read_originals
+from latentzip.pipeline.sources import resolve
 
 METHODS = ("percentile", "robust-z")
 #: MAD of a normal distribution times this is its standard deviation.
@@ -169,19 +170,13 @@ class ScoreSummary:
 
 def input_rows(location: str | Path) -> tuple[str, list]:
     """``("shards", [shard paths])`` for ingest output or a shard file, else ``("folder", [{id, source}])``
-    for a folder of image files (ids relative to it, as ingest names them) or one image file. Paths or
+    for a folder of image files (its image entries, pipeline/sources.py: ids relative to it, as ingest names them;
+    notes beside them left out) or one image file. Paths or
     URLs (pipeline/storage.py)."""
-    location = storage.normalise(location)
-    if not storage.exists(location):
-        raise FileNotFoundError(f"input {location} does not exist")
-    if is_shards(location):
-        return "shards", shard_paths(location)
-    if storage.is_file(location):
-        return "folder", [{"id": str(location).rsplit("/", 1)[-1], "source": str(location)}]
-    files = storage.list_files(location)
-    if not files:
-        raise FileNotFoundError(f"no files in {location}")
-    return "folder", [{"id": name, "source": str(storage.join(location, name))} for name in files]
+    source = resolve(location)
+    if source.kind == "shards":
+        return "shards", list(source.shards)
+    return "folder", [{"id": item_id, "source": str(source.path(item_id))} for item_id in source.ids]
 
 
 def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size: int = 8,

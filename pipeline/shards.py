@@ -16,7 +16,6 @@ output may be paths or URLs (``s3://...``, see pipeline/storage.py).
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +43,6 @@ class IngestResult:
     shards: list
     images: int
     errors: int
-
-
-def list_files(folder: Path) -> list[Path]:
-    """Every non-hidden entry below ``folder`` that is not a folder, in a stable order: FIFOs, devices and
-    links included, so that what is not read is listed with its reason (pipeline/inputs.py)."""
-    files = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
-    return files
 
 
 def _probe(folder: str | Path, item_id: str, max_file_bytes: int, follow_symlinks: bool) -> dict:

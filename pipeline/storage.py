@@ -120,12 +120,15 @@ def remove(where: Location) -> None:
 def list_files(where: Location) -> list[str]:
     """Every regular, non-hidden file below a folder or prefix, as POSIX paths relative to it, in the
     order of ``os.walk`` with sorted names (a folder's files, then its sub-folders in order): the order
-    :func:`latentzip.pipeline.shards.list_files` gives for a local folder, so ids and units agree."""
+    the local walk and the object-store listing give, so ids and units agree. Entries that are not folders
+    count as files locally (FIFOs, devices and links included), so that what is not read is listed with
+    its reason (pipeline/inputs.py). The only walker of folders in the tree."""
     if not is_url(where):
-        from latentzip.pipeline.shards import list_files as walk
-
-        root = local(where)
-        return [p.relative_to(root).as_posix() for p in walk(root)]
+        root, names = local(where), []
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            names.extend((Path(folder) / n).relative_to(root).as_posix() for n in sorted(files) if not n.startswith("."))
+        return names
     fs, root = filesystem(where)
     fs.invalidate_cache()
     names = []

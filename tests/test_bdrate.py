@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from latentzip.pipeline.report.bdrate import MIN_RATE_POINTS, bd_delta, bd_markdown, bd_table, frontier
-from latentzip.pipeline.report.run import curves, summarize
+from latentzip.pipeline.report.summary import curves, summarize
 
 #: Four rate points of a plausible anchor: (bpp, PSNR dB), concave in log rate.
 ANCHOR = [(0.25, 28.0), (0.5, 31.0), (1.0, 34.5), (2.0, 38.0)]

@@ -6,7 +6,8 @@ import torch
 
 from latentzip.jobs.bench import main as bench_main
 from latentzip.pipeline.bench import train_variants as bench
-from latentzip.pipeline.training.trainer import TrainConfig, load_images, resolve_data
+from latentzip.pipeline.training.config import TrainConfig
+from latentzip.pipeline.training.data import load_images, resolve_data
 
 TINY = dict(arch="mean-scale-hyperprior", N=16, M=16, patch_size=64, batch_size=2, steps=4, lr_decay_at=(1.0,))
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.archive import open_archive
-from latentzip.pipeline.encoding import EncodeStage, encode, list_units
+from latentzip.pipeline.encoding import encode, list_units
+from latentzip.pipeline.encoding_stage import EncodeStage
 from latentzip.pipeline.shards import SHARD_SCHEMA, ingest
 
 BAD_ID = "smuggled/broken.jpg"

@@ -148,7 +148,8 @@ def test_ingest_out_under_a_regular_file_is_one_line_error(hostile_folder, tmp_p
 ENCODE_CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from latentzip.pipeline.encoding import EncodeStage, list_units
+    from latentzip.pipeline.encoding import list_units
+    from latentzip.pipeline.encoding_stage import EncodeStage
     folder, model, max_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
     [unit], kind = list_units(folder)
     stage = EncodeStage(model, max_file_bytes=max_bytes)
@@ -259,7 +260,7 @@ def test_train_on_data_of_only_unreadable_files_is_one_line_error(tmp_path, caps
 
 
 def test_train_data_discovery_skips_what_is_not_a_regular_file_inside_the_folder(hostile_folder):
-    from latentzip.pipeline.training.trainer import resolve_data
+    from latentzip.pipeline.training.data import resolve_data
 
     source = resolve_data(hostile_folder)
     names = sorted(os.path.relpath(path, hostile_folder) for path in source.paths)
@@ -270,7 +271,7 @@ def test_train_data_discovery_skips_what_is_not_a_regular_file_inside_the_folder
 
 
 def test_train_data_discovery_follows_outside_links_when_asked(hostile_folder):
-    from latentzip.pipeline.training.trainer import resolve_data
+    from latentzip.pipeline.training.data import resolve_data
 
     source = resolve_data(hostile_folder, follow_symlinks=True)
     names = sorted(os.path.relpath(path, hostile_folder.parent) for path in source.paths)

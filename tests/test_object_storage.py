@@ -237,12 +237,13 @@ def test_training_data_and_checkpoints_on_s3(s3, s3_endpoint, sample_images, tmp
 
     # --init-from a codec URL: workers read its weights from S3; its steps count as done.
     from latentzip.codecs.hyperprior import CodecConfig, build_model
-    from latentzip.pipeline.training.trainer import TrainConfig, _initialise, initial_weights
+    from latentzip.pipeline.training.checkpoints import initial_weights, initialise
+    from latentzip.pipeline.training.config import TrainConfig
 
     init = initial_weights(f"{out}/codec/", TrainConfig(arch="scale-hyperprior", N=16, M=24, steps=8))
     assert init["weights"] == f"{out}/codec/model.safetensors" and init["step"] == 4
     module = build_model(CodecConfig("scale-hyperprior", 16, 24))
-    assert _initialise(module, init)["step"] == 4
+    assert initialise(module, init)["step"] == 4
     assert torch.equal(module.g_a[0].weight, codec.model.g_a[0].weight.cpu())
     decoded = codec.decode(codec.encode(sample_images[0]))
     assert decoded.size == sample_images[0].size

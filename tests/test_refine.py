@@ -100,7 +100,7 @@ def test_scoring_analyses_the_refined_stream(codec, sample_images):
 def test_the_encode_stage_writes_refined_streams(codec, sample_images):
     import io
 
-    from latentzip.pipeline.encoding import EncodeStage
+    from latentzip.pipeline.encoding_stage import EncodeStage
 
     blobs = []
     for image in sample_images[:2]:

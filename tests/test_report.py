@@ -15,7 +15,8 @@ from latentzip.codecs.classical import FORMATS
 from latentzip.jobs import report as report_job
 from latentzip.pipeline.archive import open_archive
 from latentzip.pipeline.encoding import encode
-from latentzip.pipeline.report.run import assign_series, classical_plan, learned_spec, model_spec, report
+from latentzip.pipeline.report.measure import assign_series, classical_plan, learned_spec, model_spec
+from latentzip.pipeline.report.run import report
 from latentzip.pipeline.shards import ingest
 
 QUALITIES = {"jpeg": [30, 80], "webp": [50]}

@@ -51,7 +51,8 @@ def folders(tmp_path_factory, photo):
     photo.crop((3, 3, 67, 67)).save(root / "input" / "normal.png")
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(root / "input" / "noise.png")
-    (root / "input" / "notes.txt").write_text("not an image\n")
+    (root / "input" / "broken.png").write_text("not an image\n")
+    (root / "input" / "SOURCES.md").write_text("notes beside the photos are not scored\n")
     return root
 
 
@@ -93,8 +94,8 @@ def test_score_job_flags_the_anomaly_and_writes_rows_calibration_heatmaps(ray_lo
     summary = score(folders / "input", str(tiny_codec_dir), out, reference=folders / "reference",
                     method="robust-z", z=3.5, top_k=1, progress=None)
     rows = {r["id"]: r for r in pq.read_table(out / "rows.parquet").to_pylist()}
-    assert sorted(rows) == ["noise.png", "normal.png", "notes.txt"]
-    assert rows["notes.txt"]["error"] and not rows["notes.txt"]["flagged"]
+    assert sorted(rows) == ["broken.png", "noise.png", "normal.png"]  # SOURCES.md is a note (pipeline/sources.py)
+    assert rows["broken.png"]["error"] and not rows["broken.png"]["flagged"]
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["method"] == "robust-z" and calibration["count"] == 6
     assert calibration["model_id"] == load_codec(tiny_codec_dir).model_id.hex()

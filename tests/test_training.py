@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from latentzip.codecs.registry import load_codec
-from latentzip.pipeline.training.trainer import PatchSampler, TrainConfig, load_images, resolve_data, train
+from latentzip.pipeline.training.config import TrainConfig
+from latentzip.pipeline.training.data import PatchSampler, load_images, resolve_data
+from latentzip.pipeline.training.trainer import train
 
 #: MSE-heavy lmbda and a high learning rate, so a tiny model's loss falls clearly within a few dozen steps.
 TINY = dict(N=16, M=24, patch_size=64, batch_size=4, lr=1e-3, lmbda=0.1, log_every=5, checkpoint_every=20,
@@ -121,7 +123,7 @@ def test_rsqrt_schedule_continues_instead_of_restarting():
 
 def test_bf16_training_step_keeps_the_rate_in_fp32_and_learns():
     from latentzip.codecs.hyperprior import build_model
-    from latentzip.pipeline.training.trainer import _optimizers, _train_step
+    from latentzip.pipeline.training.loop import make_optimizers, train_step
 
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
@@ -133,7 +135,7 @@ def test_bf16_training_step_keeps_the_rate_in_fp32_and_learns():
     out = model(torch.rand(2, 3, 64, 64))
     assert out["x_hat"].dtype == torch.float32
     assert all(lik.dtype == torch.float32 for lik in out["likelihoods"].values())
-    optimizers = _optimizers(model, config)
+    optimizers = make_optimizers(model, config)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    losses = [_train_step(model, model, x, optimizers, config, 1, step)[0].item() for step in range(1, 31)]
+    losses = [train_step(model, model, x, optimizers, config, 1, step)[0].item() for step in range(1, 31)]
     assert losses[-1] < losses[0]

@@ -13,7 +13,8 @@ import pytest
 
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.training.sweep import plan, train_sweep
-from latentzip.pipeline.training.trainer import TrainConfig, train
+from latentzip.pipeline.training.config import TrainConfig
+from latentzip.pipeline.training.trainer import train
 
 TINY = dict(N=16, M=24, patch_size=64, batch_size=4, lr=1e-3, log_every=10, max_side=256, seed=0)
 

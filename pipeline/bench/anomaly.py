@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from latentzip.codecs.generative import analyse
 from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_learned_codec
-from latentzip.pipeline.shards import list_files
+from latentzip.pipeline.sources import local_images
 
 KINDS = ("noise", "jpeg", "text", "saturated", "cartoon")
 SCORES = ("learned_bpp", "png_bpp", "learned_minus_png")
@@ -44,9 +44,9 @@ _WORDS = ("latent rate prior entropy bitstream archive shard decode encode pixel
 def build_task(normal_dir: str | Path, max_side: int = 384, seed: int = 0) -> list[tuple[str, str, Image.Image]]:
     """``(name, kind, image)`` for every readable photo below ``normal_dir`` (kind ``normal``) and each
     anomaly made from it."""
-    files = [p for p in list_files(Path(normal_dir))]
+    files = local_images(normal_dir)
     if not files:
-        raise FileNotFoundError(f"no files in {normal_dir}")
+        raise FileNotFoundError(f"no images in {normal_dir}")
     rng = np.random.default_rng(seed)
     task = []
     for path in files:

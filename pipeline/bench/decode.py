@@ -42,7 +42,7 @@ from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.archive import ArchiveWriter, Item, open_archive
 from latentzip.pipeline.bench.encode import fixed_seed_codec, generate_images
 from latentzip.pipeline.decoding import decode_archive, decode_image
-from latentzip.pipeline.shards import list_files
+from latentzip.pipeline.sources import local_images
 
 SEGMENT = 256
 
@@ -111,7 +111,7 @@ def build_archive(path: Path, model_ref: str, count: int, images: Path | None = 
     writer.start_job("bench-decode", {"count": count, "images": str(images) if images else None})
     if images is not None:
         images = Path(images)
-        files = list_files(images)[:count]
+        files = local_images(images)[:count]
         if not files:
             raise FileNotFoundError(f"no images in {images}")
         batches = ([(p.relative_to(images).as_posix(), load_image(str(p))) for p in files[s : s + SEGMENT]]

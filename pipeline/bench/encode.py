@@ -10,7 +10,7 @@ Paths timed on the same weights and the same images:
 - ``latentzip-1``: ``LearnedCodec.encode`` one image at a time (integer prior, bitstream container);
 - ``latentzip-batched``: images grouped by padded size, ``encode_batch`` (dense batches);
 - ``latentzip-batched-bf16``: the same with ``g_a`` channels-last under bf16 autocast
-  (:func:`latentzip.pipeline.encoding.fast_analysis`); the entropy parameters stay exact.
+  (:func:`latentzip.pipeline.encoding_stage.fast_analysis`); the entropy parameters stay exact.
 
 Images/s and MB/s (of decoded RGB pixels in, 3 bytes per pixel) count loading and padding too. Without a
 model the benchmark builds a fixed-seed scale hyperprior (N=128, M=192) whose last analysis layers are
@@ -36,8 +36,8 @@ from latentzip.codecs.images import load_image
 from latentzip.codecs.metrics import psnr_db
 from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.archive import ArchiveWriter, Item, open_archive
-from latentzip.pipeline.encoding import fast_analysis
-from latentzip.pipeline.shards import list_files
+from latentzip.pipeline.encoding_stage import fast_analysis
+from latentzip.pipeline.sources import local_images
 from PIL import Image
 
 SIZES = ((512, 384), (384, 512), (512, 512), (768, 512), (256, 256), (640, 480))
@@ -195,7 +195,7 @@ def bench_encode(model: str | Path | None = None, images: Path | None = None, co
     torch.set_num_threads(threads)
     work = Path(workdir or tempfile.mkdtemp(prefix="latentzip-bench-"))
     model_ref = str(model) if model else str(fixed_seed_codec(work / "codec"))
-    paths = list_files(images)[:count] if images else generate_images(work / "images", count)
+    paths = local_images(images)[:count] if images else generate_images(work / "images", count)
     if not paths:
         raise FileNotFoundError(f"no images in {images}")
     codec = load_codec(model_ref, max_batch=max_batch)

@@ -22,7 +22,7 @@ from latentzip.codecs.bitstream import unpack
 from latentzip.codecs.images import load_image
 from latentzip.codecs.learned import LearnedCodec
 from latentzip.codecs.metrics import psnr_db
-from latentzip.pipeline.shards import list_files
+from latentzip.pipeline.sources import local_images
 
 MODES = ("integer", "float")
 #: Rate points needed for Bjontegaard deltas with Akima interpolation.
@@ -91,7 +91,7 @@ def load_images(folder: str | Path, max_side: int | None = None) -> list[tuple[s
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder}")
     images = []
-    for path in list_files(folder):
+    for path in local_images(folder):
         try:
             image = load_image(path.read_bytes())
         except Exception:  # noqa: BLE001 - not an image: benchmarks skip it
@@ -279,7 +279,7 @@ def refinement_table(classical) -> list[dict]:
     import pyarrow.parquet as pq
 
     from latentzip.pipeline.report.bdrate import bd_delta
-    from latentzip.pipeline.report.run import curves, summarize
+    from latentzip.pipeline.report.summary import curves, summarize
 
     rows = [r for r in pq.read_table(classical.rows_parquet).to_pylist() if r["kind"] == "learned"]
     names = list(dict.fromkeys(r["codec"] for r in rows))

@@ -1,6 +1,6 @@
 """``latentzip bench train``: Ray Train's throughput against a plain single-process loop.
 
-Both run the very same step (:func:`~latentzip.pipeline.training.trainer._train_step`: forward, rate + distortion
+Both run the very same step (:func:`~latentzip.pipeline.training.trainer.train_step`: forward, rate + distortion
 loss, clipping, both optimisers) on the same model, batch and patch sampler, with the same number of torch
 threads. The plain loop is timed after a few warm-up steps. The Ray Train run is one worker of a real
 ``TorchTrainer`` (DDP) run as a real run is: a metrics row every ``REPORT_EVERY`` steps, a checkpoint (and
@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from latentzip.codecs.hyperprior import build_model
-from latentzip.pipeline.training.trainer import (
-    PatchSampler, TrainConfig, _optimizers, _train_step, load_images, resolve_data, train)
+from latentzip.pipeline.training.config import TrainConfig
+from latentzip.pipeline.training.data import PatchSampler, load_images, resolve_data
+from latentzip.pipeline.training.loop import make_optimizers, train_step
+from latentzip.pipeline.training.trainer import train
 
 WARMUP = 5
 #: Steps between metrics rows in the Ray Train run (a row is local to the worker: no Ray call).
@@ -38,14 +40,14 @@ def plain_loop(data, config: TrainConfig, steps: int, threads: int) -> dict:
     try:
         torch.manual_seed(config.seed)
         model = build_model(config.codec_config)
-        optimizers = _optimizers(model, config)
+        optimizers = make_optimizers(model, config)
         sampler = PatchSampler(load_images(resolve_data(data), max_side=config.max_side), config.patch_size,
                                config.min_scale, np.random.default_rng(config.seed))
         for step in range(1, WARMUP + 1):
-            _train_step(model, model, sampler.batch(config.batch_size), optimizers, config, 1, step)
+            train_step(model, model, sampler.batch(config.batch_size), optimizers, config, 1, step)
         started = time.perf_counter()
         for step in range(WARMUP + 1, WARMUP + steps + 1):
-            _train_step(model, model, sampler.batch(config.batch_size), optimizers, config, 1, step)
+            train_step(model, model, sampler.batch(config.batch_size), optimizers, config, 1, step)
         seconds = time.perf_counter() - started
     finally:
         torch.set_num_threads(previous)

@@ -1,7 +1,7 @@
 """``latentzip bench train --variants``: what pays per CPU-hour, and what it costs in RD at equal steps.
 
 Each variant changes one thing about the very same training step
-(:func:`~latentzip.pipeline.training.trainer._train_step`):
+(:func:`~latentzip.pipeline.training.trainer.train_step`):
 
 - ``fp32``: today's step;
 - ``bf16``: g_a and g_s under bf16 autocast (GDN, hyperprior, likelihoods and the rate in fp32), as
@@ -17,7 +17,7 @@ Two measurements per variant:
    a sweep do) and their images/s are summed: the figure to set against a DDP run of as many workers.
 2. **RD at equal steps** (``ab_steps`` > 0): every variant starts from the same weights (``init``: a trained
    codec, or the seed), sees the very same crops in the same order for ``ab_steps`` steps, and is then
-   validated the way a training run is (:func:`~latentzip.pipeline.training.trainer.evaluate`, in fp32: coded bpp
+   validated the way a training run is (:func:`~latentzip.pipeline.training.loop.evaluate`, in fp32: coded bpp
    from the bytes, PSNR of the decoded 8-bit image) on ``val`` images. The RD cost
    λ·255²·MSE + bpp of each variant against fp32's says whether it hurts.
 """
@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from latentzip.codecs.hyperprior import build_model
-from latentzip.pipeline.training.trainer import (
-    PatchSampler, TrainConfig, _optimizers, _train_step, evaluate, load_images, resolve_data)
+from latentzip.pipeline.training.config import TrainConfig
+from latentzip.pipeline.training.data import PatchSampler, load_images, resolve_data
+from latentzip.pipeline.training.loop import evaluate, make_optimizers, train_step
 
 VARIANTS = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "channels-last": (None, True),
             "bf16+channels-last": (torch.bfloat16, True)}
@@ -60,7 +61,7 @@ class _Loop:
         self.model.transform_dtype = dtype
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizers = _optimizers(self.model, config)
+        self.optimizers = make_optimizers(self.model, config)
         self.sampler = PatchSampler(images, config.patch_size, config.min_scale, np.random.default_rng(config.seed))
         self.step = 0
 
@@ -72,7 +73,7 @@ class _Loop:
             x = self.sampler.batch(self.config.batch_size)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            _train_step(self.model, self.model, x, self.optimizers, self.config, 1, self.step)
+            train_step(self.model, self.model, x, self.optimizers, self.config, 1, self.step)
         return time.perf_counter() - started
 
 

@@ -110,7 +110,7 @@ def bd_table(curves_by_metric: dict[str, dict[str, dict]], min_points: int = MIN
     """Every learned curve against every classical curve, for each metric.
 
     ``curves_by_metric`` maps a summary column (``mean_psnr_db``, ``mean_ms_ssim``) to the output of
-    :func:`latentzip.pipeline.report.run.curves` for it: codec -> ``{"kind", "points": [(bpp, value, quality)]}``.
+    :func:`latentzip.pipeline.report.summary.curves` for it: codec -> ``{"kind", "points": [(bpp, value, quality)]}``.
     """
     table = []
     for metric, curves in curves_by_metric.items():

@@ -85,7 +85,7 @@ def plot_rd(curves: dict[str, dict], ylabel: str, path: Path, title: str,
             references: list[tuple[str, list[tuple[float, float]]]] = ()) -> Path:
     """bpp vs one metric: a line per classical codec, learned series highlighted, references dashed grey.
 
-    ``curves`` is :func:`latentzip.pipeline.report.run.curves` for the metric; ``references`` are (label,
+    ``curves`` is :func:`latentzip.pipeline.report.summary.curves` for the metric; ``references`` are (label,
     [(bpp, value)]) pairs. With learned series, the axes show up to 3x their highest bpp (at least 2 bpp),
     where the comparison is; every point is in the tables.
     """

@@ -39,65 +39,26 @@ is defined, ``rd_msssim.png``, ``report.md`` and a self-contained ``report.html`
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow as pa
 import ray
 
 import latentzip
-from latentzip.codecs.classical import FORMATS, ClassicalCodec
-from latentzip.codecs.images import load_image
-from latentzip.codecs.metrics import ms_ssim, psnr_db
-from latentzip.codecs.registry import load_codec, zoo_models
 from latentzip.pipeline.report import html as report_html
-from latentzip.pipeline.archive import Item, open_archive
+from latentzip.pipeline.archive import open_archive
 from latentzip.pipeline.report.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
 from latentzip.pipeline.cluster import cluster_cpus
 from latentzip.pipeline.report.outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
                                                write_markdown, write_table)
 from latentzip.pipeline.report.sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
 from latentzip.pipeline import storage
-from latentzip.pipeline.shards import is_shards, shard_paths
-
-ALL_CLASSICAL = tuple(FORMATS)
-
-ROW_SCHEMA = pa.schema([
-    ("id", pa.string()), ("kind", pa.string()), ("codec", pa.string()), ("quality", pa.float64()),
-    ("num_bytes", pa.int64()), ("bpp", pa.float64()), ("psnr_db", pa.float64()), ("ms_ssim", pa.float64()),
-    ("encode_s", pa.float64()), ("decode_s", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
-])
-SUMMARY_SCHEMA = pa.schema([
-    ("kind", pa.string()), ("codec", pa.string()), ("quality", pa.float64()), ("images", pa.int64()),
-    ("mean_bpp", pa.float64()), ("mean_psnr_db", pa.float64()), ("mean_ms_ssim", pa.float64()),
-    ("ms_ssim_images", pa.int64()), ("mean_encode_s", pa.float64()), ("mean_decode_s", pa.float64()),
-])
-BD_SCHEMA = pa.schema([
-    ("learned", pa.string()), ("anchor", pa.string()), ("metric", pa.string()), ("bd_rate_pct", pa.float64()),
-    ("bd_quality", pa.float64()), ("learned_points", pa.int64()), ("anchor_points", pa.int64()),
-    ("rate_overlap", pa.float64()), ("quality_overlap", pa.float64()), ("note", pa.string()),
-])
-
-
-@dataclass(frozen=True)
-class LearnedSpec:
-    """What a task needs to run one learned model: its reference and id, and its labels.
-
-    ``name`` is the series (the rows' ``codec``), ``model`` the model's own name, ``config`` its
-    architecture label (models sharing it may form one series).
-    """
-    name: str
-    ref: str
-    model_id: str
-    lmbda: float
-    entropy_params: str = "integer"
-    model: str = ""
-    config: str = ""
-    refine_steps: int = 0  # encoder-side latent refinement when encoding on the fly (codecs/refine.py)
+from latentzip.pipeline import sources
+from latentzip.pipeline.report.measure import (ALL_CLASSICAL, ROW_SCHEMA, assign_series, classical_plan, learned_spec,
+                                               measure_image, model_spec)
+from latentzip.pipeline.report.summary import BD_SCHEMA, SUMMARY_SCHEMA, curves, summarize
 
 
 @dataclass
@@ -119,207 +80,18 @@ class ReportResult:
     coverage: list[str] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------------- inputs
-
 def original_ids(location: str | Path) -> list[str]:
-    """The ids of the originals (a path or a URL): shard ``id`` column, or paths relative to a plain folder
-    of images."""
-    location = storage.normalise(location)
-    if not storage.exists(location):
-        raise FileNotFoundError(f"originals {location} do not exist")
-    if is_shards(location):
-        return [i for p in shard_paths(location) for i in storage.read_table(p, columns=["id"]).column("id").to_pylist()]
-    if storage.is_file(location):
-        raise ValueError(f"originals {location} is a file: give the folder of images or the ingest output")
-    return [name for name in storage.list_files(location) if not _is_notes(name)]
-
-
-#: Files that sit beside photos in a folder (its SOURCES.md, a manifest) and are not measured as images.
-NOTE_SUFFIXES = (".md", ".txt", ".tsv", ".csv", ".json", ".py", ".sh", ".html")
-
-
-def _is_notes(name: str) -> bool:
-    return name.lower().endswith(NOTE_SUFFIXES)
+    """The ids of the originals (a path or a URL): shard ``id`` column, or the image entries of a folder
+    (pipeline/sources.py: paths relative to it, notes beside the photos left out)."""
+    source = sources.resolve(location, "originals")
+    if source.kind == "images" and storage.is_file(source.location):
+        raise ValueError(f"originals {source.location} is a file: give the folder of images or the ingest output")
+    return sources.ids(source)
 
 
 def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
     """(id, original bytes) for ``wanted`` ids, one shard (or file) in memory at a time."""
-    location = storage.normalise(location)
-    if is_shards(location):
-        for path in shard_paths(location):
-            table = storage.read_table(path, columns=["id", "image"])
-            for item_id, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist()):
-                if item_id in wanted:
-                    yield item_id, data
-    else:
-        for item_id in storage.list_files(location):
-            if item_id in wanted and not _is_notes(item_id):
-                yield item_id, storage.read_bytes(storage.join(location, item_id))
-
-
-def classical_plan(classical=ALL_CLASSICAL, qualities: dict[str, list] | None = None) -> list[tuple[str, float]]:
-    """(codec, quality) pairs to measure, validated up front so a typo fails before any work."""
-    qualities = dict(qualities or {})
-    unknown = [name for name in classical if name not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown classical codec(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    extra = [name for name in qualities if name not in classical]
-    if extra:
-        raise ValueError(f"qualities given for {', '.join(extra)}, which are not among the report's codecs")
-    plan = []
-    for name in classical:
-        for quality in qualities.get(name, FORMATS[name].sweep):
-            ClassicalCodec(name, quality)  # range check
-            plan.append((name, quality))
-    return plan
-
-
-def _model_name(ref: str) -> tuple[str, str]:
-    """(name, resolvable ref) of a model reference: a zoo name, or a codec directory (resolved)."""
-    if ref in zoo_models():
-        name = ref
-    else:
-        path = Path(ref).expanduser()
-        ref = str(path.resolve()) if path.is_dir() else ref  # tasks may run in another working directory
-        # training writes OUT/codec: the run folder names the model better than "codec"
-        name = path.resolve().parent.name if path.name == "codec" else path.name
-    return (f"learned-{name}" if name in FORMATS else name), ref
-
-
-def _spec(codec, ref: str) -> LearnedSpec:
-    name, ref = _model_name(ref)
-    config = codec.config
-    label = f"{config.arch}-N{config.N}-M{config.M}" + ("" if config.entropy_params == "integer" else "-float")
-    return LearnedSpec(name, ref, codec.model_id.hex(), _card_lmbda(codec.card), config.entropy_params, name, label)
-
-
-def learned_spec(archive) -> LearnedSpec:
-    """Name, resolvable reference, id and lambda of the model that wrote ``archive``."""
-    return _spec(archive.codec(), str(archive.meta["model_ref"]))  # codec() verifies the archive's model id
-
-
-def model_spec(ref: str) -> LearnedSpec:
-    """The same for a model that encodes on the fly: a codec directory or a zoo name."""
-    codec = load_codec(ref)
-    if getattr(codec, "kind", "") == "classical":
-        raise ValueError(f"{ref!r} is a classical codec; give it in the classical codecs, not as a learned model")
-    return _spec(codec, ref)
-
-
-def assign_series(specs: list[LearnedSpec], series: str | None = None) -> list[LearnedSpec]:
-    """Group learned models into RD curves (module doc, "Series"); raises on ambiguous input."""
-    seen = {}
-    for spec in specs:
-        if spec.model_id in seen:
-            raise ValueError(f"model {spec.model_id} is given twice ({seen[spec.model_id]} and {spec.ref})")
-        seen[spec.model_id] = spec.ref
-    if series:
-        lmbdas = [s.lmbda for s in specs]
-        if len(specs) > 1 and (not all(math.isfinite(v) for v in lmbdas) or len(set(lmbdas)) < len(lmbdas)):
-            raise ValueError(f"series {series!r} needs a distinct lambda per model in the codec cards, got "
-                             + ", ".join(f"{s.model}: {fmt(s.lmbda, 4)}" for s in specs))
-        return [replace(s, name=series) for s in specs]
-    groups = defaultdict(list)
-    for spec in specs:
-        groups[spec.config].append(spec)
-    out = []
-    for spec in specs:
-        members = groups[spec.config]
-        lmbdas = [m.lmbda for m in members]
-        if len(members) > 1 and all(math.isfinite(v) for v in lmbdas) and len(set(lmbdas)) == len(lmbdas):
-            spec = replace(spec, name=spec.config)
-        out.append(spec)
-    names = [(s.name, s.lmbda if math.isfinite(s.lmbda) else None) for s in out]
-    return [replace(s, name=f"{s.name}-{s.model_id[:8]}") if names.count(key) > 1 else s
-            for s, key in zip(out, names)]
-
-
-def _card_lmbda(document: dict) -> float:
-    card = document.get("card") or {}
-    for source in (card.get("training"), card.get("config"), card, document.get("config")):
-        if isinstance(source, dict) and isinstance(source.get("lmbda"), (int, float)):
-            return float(source["lmbda"])
-    return math.nan
-
-
-# ------------------------------------------------------------------------------------------------ work
-
-_CODECS: dict[tuple[str, str], object] = {}
-
-
-def _learned_codec(spec: LearnedSpec):
-    key = (spec.ref, spec.model_id)
-    if key not in _CODECS:  # once per process: Ray reuses workers, so the model loads once per worker
-        codec = load_codec(spec.ref, entropy_params=spec.entropy_params)
-        if codec.model_id.hex() != spec.model_id:
-            raise ValueError(f"model {spec.ref!r} has id {codec.model_id.hex()}, the archive needs {spec.model_id}")
-        _CODECS[key] = codec
-    return _CODECS[key]
-
-
-def _row(item_id, kind, codec, quality, num_bytes, image, decoded, encode_s, decode_s) -> dict:
-    if decoded.size != image.size:
-        raise ValueError(f"decoded size {decoded.size} differs from the original's {image.size}")
-    return {"id": item_id, "kind": kind, "codec": codec, "quality": float(quality), "num_bytes": num_bytes,
-            "bpp": num_bytes * 8 / (image.width * image.height), "psnr_db": psnr_db(image, decoded),
-            "ms_ssim": ms_ssim(image, decoded), "encode_s": encode_s, "decode_s": decode_s,
-            "width": image.width, "height": image.height}
-
-
-def _measure_learned(item_id: str, image, spec: LearnedSpec, stored: Item | None) -> dict:
-    codec = _learned_codec(spec)
-    encode_s = math.nan
-    if stored is None:  # encode on the fly
-        started = time.perf_counter()
-        data = codec.encode(image, refine_steps=spec.refine_steps)
-        encode_s = time.perf_counter() - started
-    else:
-        if (stored.height, stored.width) != (image.height, image.width):
-            raise ValueError(f"archive records {stored.width}x{stored.height}, original is {image.width}x{image.height}")
-        data = stored.data  # num_bytes is what the archive stores for this id: bpp never from likelihoods
-    started = time.perf_counter()
-    decoded = codec.decode(data)
-    decode_s = time.perf_counter() - started
-    return _row(item_id, "learned", spec.name, spec.lmbda, len(data), image, decoded, encode_s, decode_s)
-
-
-def measure_image(item_id: str, original: bytes, learned: list[tuple[LearnedSpec, Item | None]],
-                  plan: list[tuple[str, float]]) -> tuple[list[dict], list[dict]]:
-    """Every row of one image: each learned model (its archive's stored bytes, or ``None`` to encode on the
-    fly), then each classical (codec, quality).
-
-    Returns ``(rows, errors)``; a failing codec costs only its own rows, recorded as ``{id, codec,
-    quality, reason}``.
-    """
-    rows, errors = [], []
-
-    def fail(codec, quality, exc):
-        errors.append({"id": item_id, "codec": codec, "quality": float(quality),
-                       "reason": f"{type(exc).__name__}: {exc}"})
-
-    try:
-        image = load_image(original)
-    except Exception as exc:  # noqa: BLE001 - reported, never fatal for the other images
-        fail("original", math.nan, exc)
-        return rows, errors
-    for spec, stored in learned:
-        try:
-            rows.append(_measure_learned(item_id, image, spec, stored))
-        except Exception as exc:  # noqa: BLE001
-            fail(spec.name, spec.lmbda, exc)
-    for name, quality in plan:
-        try:
-            codec = ClassicalCodec(name, quality)
-            started = time.perf_counter()
-            data = codec.encode(image)
-            encode_s = time.perf_counter() - started
-            started = time.perf_counter()
-            decoded = codec.decode(data)
-            decode_s = time.perf_counter() - started
-            rows.append(_row(item_id, "classical", name, quality, len(data), image, decoded, encode_s, decode_s))
-        except Exception as exc:  # noqa: BLE001
-            fail(name, quality, exc)
-    return rows, errors
+    return sources.iter_originals(sources.resolve(location, "originals"), wanted)
 
 
 _measure_remote = ray.remote(num_cpus=1)(measure_image)
@@ -341,59 +113,6 @@ def _run(jobs: Iterator[tuple], use_ray: bool) -> Iterator[tuple[list[dict], lis
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])
 
-
-# ----------------------------------------------------------------------------------------- aggregation
-
-def _mean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def _quality_key(quality: float):
-    return None if math.isnan(quality) else quality
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Means per (codec, quality), learned codecs first, then codecs in first-seen order, quality ascending.
-
-    PSNR is averaged per image (the CompressAI convention), MS-SSIM over the images where it is defined.
-    """
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["kind"], row["codec"], _quality_key(row["quality"]))].append(row)
-    order = {codec: i for i, codec in enumerate(dict.fromkeys(r["codec"] for r in rows))}
-    keys = sorted(groups, key=lambda k: (k[0] != "learned", order[k[1]], -math.inf if k[2] is None else k[2]))
-    out = []
-    for kind, codec, quality in keys:
-        group = groups[(kind, codec, quality)]
-        out.append({
-            "kind": kind, "codec": codec, "quality": math.nan if quality is None else quality, "images": len(group),
-            "mean_bpp": _mean(r["bpp"] for r in group), "mean_psnr_db": _mean(r["psnr_db"] for r in group),
-            "mean_ms_ssim": _mean(r["ms_ssim"] for r in group),
-            "ms_ssim_images": sum(not math.isnan(r["ms_ssim"]) for r in group),
-            "mean_encode_s": _mean(r["encode_s"] for r in group), "mean_decode_s": _mean(r["decode_s"] for r in group),
-        })
-    return out
-
-
-def curves(summary: list[dict], metric: str = "mean_psnr_db") -> dict[str, dict]:
-    """Per codec: its kind and its (bpp, metric) points sorted by bpp, non-finite points left out.
-
-    The input a BD-rate computation needs (one curve per codec, anchor = the learned or a classical one).
-    """
-    out: dict[str, dict] = {}
-    for row in summary:
-        bpp, value = row["mean_bpp"], row[metric]
-        if not (math.isfinite(bpp) and math.isfinite(value)):
-            continue
-        curve = out.setdefault(row["codec"], {"kind": row["kind"], "points": []})
-        curve["points"].append((bpp, value, row["quality"]))
-    for curve in out.values():
-        curve["points"].sort()
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- entry
 
 def _measure(jobs, total: int, use_ray: bool, progress, what: str) -> tuple[list[dict], list[dict]]:
     rows, errors = [], []

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from latentzip.pipeline import storage
 from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus, ensure_ray
-from latentzip.pipeline.training.trainer import TrainConfig, TrainResult, check_output_dir, check_readable, resolve_data, train
+from latentzip.pipeline.training.config import TrainConfig, TrainResult
+from latentzip.pipeline.training.data import check_readable, resolve_data
+from latentzip.pipeline.training.trainer import check_output_dir, train
 
 
 def trial_dir(out_dir: str | Path, lmbda: float) -> Path | str:
