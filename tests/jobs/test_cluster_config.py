@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-CONFIG = Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "ray_cluster.yaml"
 
 
 def test_ray_cluster_yaml_passes_rays_schema():

@@ -24,7 +24,7 @@ from latentzip.codecs.images import pad_to_multiple, to_tensor
 from latentzip.codecs.integer_prior import FixedPointHyperSynthesis, FixedPointOverflowError
 from latentzip.codecs.learned import LearnedCodec
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared/data/photos/val"
+PHOTOS = Path(__file__).resolve().parents[3] / "shared/data/photos/val"
 PRIOR_GAIN = 20.0
 
 
