@@ -70,3 +70,11 @@ def train_options(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> di
     names flags a command uses with another meaning (``bench train``'s timed ``--steps``)."""
     return {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()
             if dest not in exclude and getattr(args, dest, None) is not None}
+
+
+def fail(command: str, error) -> int:
+    """The one way a command ends on bad input: ``latentzip COMMAND: error: …`` on stderr, exit code 2."""
+    import sys
+
+    print(f"latentzip {command}: error: {error}", file=sys.stderr)
+    return 2

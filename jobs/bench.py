@@ -20,10 +20,9 @@ Benchmarks:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 #: Where the project's validation photos live, relative to a checkout (users pass --images).
 DEFAULT_IMAGES = Path("../shared/data/photos/val")
@@ -215,13 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _train(args)
         except (ValueError, FileNotFoundError) as exc:
-            print(f"latentzip bench train: error: {exc}", file=sys.stderr)
-            return 2
+            return fail("bench train", exc)
     try:
         return _rd(args)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"latentzip bench {args.benchmark}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"bench {args.benchmark}", exc)
 
 
 def _steps_list(text: str) -> list[int]:
@@ -278,8 +275,7 @@ def _encode(args) -> int:
                               repeats=args.repeat, profile=args.profile, overhead_images=args.overhead_images)
         path = write_result(result, args.out)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"latentzip bench encode: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("bench encode", exc)
     print(result.table())
     print(f"written to {path}")
     return 0
@@ -295,8 +291,7 @@ def _anomaly(args) -> int:
         result = anomaly_benchmark(args.model, args.normal, max_side=args.max_side, recall=args.recall)
         path = write_anomaly(result, args.out)
     except (UnknownCodecError, ValueError, FileNotFoundError) as exc:
-        print(f"latentzip bench anomaly: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("bench anomaly", exc)
     print(result.table())
     print(f"written to {path}")
     return 0
@@ -316,8 +311,7 @@ def _decode(args) -> int:
                               threads=args.threads, model=args.model, images=args.images, workdir=args.workdir)
         path = write_result(result, args.out)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"latentzip bench decode: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("bench decode", exc)
     print(result.table())
     print(f"written to {path}")
     return 0

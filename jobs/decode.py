@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                                  format=args.format, address=args.address)
     except (ArchiveError, ItemNotFoundError, BitstreamError, DecodeError, OSError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) else exc
-        print(f"latentzip decode: error: {message}", file=sys.stderr)
-        return 2
+        return fail("decode", message)
     print(summary.describe())
     for item_id, error in summary.failures.items():
         print(f"  failed {item_id!r}: {error}", file=sys.stderr)

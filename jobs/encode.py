@@ -17,9 +17,8 @@ by reason; `latentzip verify ARCHIVE` lists each); 2 the job could not run.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from latentzip.jobs.arguments import Parser, add_input_options
+from latentzip.jobs.arguments import Parser, add_input_options, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                          files_per_unit=args.files_per_unit, refine_steps=args.refine_steps, address=args.address,
                          max_file_bytes=args.max_file_bytes, follow_symlinks=args.follow_symlinks)
     except (ArchiveError, FileNotFoundError, ValueError) as exc:
-        print(f"latentzip encode: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("encode", exc)
     print(summary.describe())
     return 3 if summary.failures else 0
 

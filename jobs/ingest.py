@@ -10,9 +10,8 @@ the same shards. FOLDER and SHARDS may be fsspec URLs (s3://...).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from latentzip.jobs.arguments import Parser, add_input_options
+from latentzip.jobs.arguments import Parser, add_input_options, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         result = ingest(args.folder, args.out, images_per_shard=args.images_per_shard, workers=args.threads,
                         max_file_bytes=args.max_file_bytes, follow_symlinks=args.follow_symlinks)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"latentzip ingest: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("ingest", exc)
     print(f"ingested {result.images} images into {len(result.shards)} shards in {result.out_dir}; "
           f"{result.errors} unreadable files listed in {storage.join(result.out_dir, 'errors.parquet')}")
     return 0

@@ -10,10 +10,9 @@ row) and, with ``--gif``, ``path.gif``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         size = (args.size[1], args.size[0]) if args.size else None
         frames = interpolate(codec, image_a, image_b, steps=args.frames, size=size)
     except (UnknownCodecError, UnsupportedImageError, FileNotFoundError, ValueError) as exc:
-        print(f"latentzip interpolate: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("interpolate", exc)
     args.out.mkdir(parents=True, exist_ok=True)
     for index, frame in enumerate(frames):
         frame.save(args.out / f"frame-{index:02d}.png")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from latentzip.codecs.classical import FORMATS
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def parse_codecs(text: str) -> list[str]:
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         extend_sweeps=not args.no_extend, min_points=args.min_points,
                         refine_steps=args.refine_steps)
     except (ValueError, FileNotFoundError) as exc:  # unknown codecs and bad archives are ValueErrors
-        print(f"latentzip report: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("report", exc)
     print(f"measured {result.images} images: {result.rows} rows, {len(result.errors)} failures")
     for note in result.coverage:
         print(f"sweep: {note.replace('**', '')}")

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -58,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         height, width = args.size
         images = sample_prior(codec, args.count, height, width, seed=args.seed, temperature=args.temperature)
     except (UnknownCodecError, ValueError) as exc:
-        print(f"latentzip sample: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("sample", exc)
     args.out.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images):
         image.save(args.out / f"sample-{index:02d}.png")

@@ -14,10 +14,9 @@ model, no re-encoding (a ``--reference`` that is not an archive still needs ``--
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                             groups=args.groups, batch_size=args.batch_size, concurrency=args.concurrency,
                             refine_steps=args.refine_steps, **common)
     except (ArchiveError, UnknownCodecError, FileNotFoundError, ValueError) as exc:
-        print(f"latentzip score: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("score", exc)
     print(summary.describe())
     return 0
 

@@ -10,13 +10,12 @@ the cluster's CPUs and GPUs between the trials.
 from __future__ import annotations
 
 import argparse
-import sys
 import tomllib
 from pathlib import Path
 
 from latentzip.codecs.hyperprior import ARCHITECTURES
 
-from latentzip.jobs.arguments import Parser, train_options
+from latentzip.jobs.arguments import Parser, fail, train_options
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
@@ -101,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train(args.data, args.out, config, val=args.val, init_from=_codec_dir(args.init_from),
                        follow_symlinks=args.follow_symlinks)
     except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
-        print(f"latentzip train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("train", exc)
     metrics = result.metrics
     print(f"trained {result.steps} steps (resumed from {result.start_step}) in {result.wall_s:.0f} s: "
           f"loss {metrics.get('loss', float('nan')):.4f}, estimated bpp {metrics.get('bpp_estimate', float('nan')):.3f}, "

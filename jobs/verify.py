@@ -15,9 +15,8 @@ format version this release does not read).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         report = verify_archive(args.archive, decode_sample=args.decode_sample, seed=args.seed, model=args.model,
                                 allow_model_urls=args.allow_model_url)
     except ArchiveError as exc:
-        print(f"latentzip verify: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("verify", exc)
     except Exception as exc:  # noqa: BLE001 - a check that itself failed is a finding, never a traceback
         print(f"<verify>: the check stopped: {type(exc).__name__}: {exc}\nverify {args.archive}: PROBLEMS")
         return 1

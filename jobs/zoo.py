@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         images = load_images(args.val)
         target = zoo.add(args.codec, args.name, images, str(args.val), args.zoo_dir or ZOO_DIR, args.history)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"latentzip zoo: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("zoo", exc)
     print(zoo.summary_line(args.name, read_card(target)))
     print(f"added to {target}")
     return 0
