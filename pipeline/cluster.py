@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+from dataclasses import dataclass
 
 #: Set beside RAY_ADDRESS by an embedded start: the address it pinned (so it is not read as the user's).
 PINNED = "LATENTZIP_EMBEDDED_RAY"
@@ -118,3 +119,28 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How a Ray Data stage's actor pool is sized: ``actors`` in the pool, torch ``threads`` in each, one
+    GPU each when ``gpus`` (then ``device`` is ``"cuda"``)."""
+
+    actors: int
+    threads: int
+    gpus: int
+    device: str
+
+
+def actor_plan(units: int | None = None, concurrency: int | None = None, use_gpus: bool = True) -> ActorPlan:
+    """The one sizing rule of the stages that load a model once per actor (encode, decode, score): one
+    actor per GPU, else one per CPU but one (Ray Data's own read and split tasks need a CPU: a pool holding
+    every CPU starves them), never more than the ``units`` of work; the CPUs are shared out as torch
+    threads. ``concurrency`` overrides the pool size."""
+    gpus = cluster_gpus() if use_gpus else 0
+    cpus = cluster_cpus()
+    actors = max(1, gpus or cpus - 1)
+    if units is not None:
+        actors = max(1, min(units, actors))
+    actors = concurrency or actors
+    return ActorPlan(actors, 1 if gpus else max(1, cpus // actors), 1 if gpus else 0, "cuda" if gpus else "cpu")

@@ -314,7 +314,7 @@ def _ray_batches(archive: str, todo: list[str], out: Path, format: str, batch_si
                  concurrency: int | None, address: str | None, options: dict):
     import ray
 
-    from latentzip.pipeline.cluster import cluster_cpus, ensure_ray
+    from latentzip.pipeline.cluster import actor_plan, ensure_ray
 
     ensure_ray(address=address)
     ds = ray.data.from_items([{"id": i} for i in todo], override_num_blocks=max(1, len(todo) // batch_size))
@@ -323,7 +323,7 @@ def _ray_batches(archive: str, todo: list[str], out: Path, format: str, batch_si
         fn_constructor_kwargs={"archive": archive, "out_dir": None if format == "parquet" else str(out), **options},
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency or max(1, min(cluster_cpus() - 1, len(todo)))),
+        compute=ray.data.ActorPoolStrategy(size=actor_plan(len(todo), concurrency, use_gpus=False).actors),
         num_cpus=1,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")

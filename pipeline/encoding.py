@@ -242,13 +242,10 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     if todo:
         import ray
 
-        from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus, ensure_ray
+        from latentzip.pipeline.cluster import actor_plan, ensure_ray
 
         ensure_ray(address=address)
-        gpus, cpus = cluster_gpus(), cluster_cpus()
-        # One CPU stays free for Ray Data's own tasks: an actor pool holding every CPU starves them.
-        actors = concurrency or max(1, min(len(todo), gpus or cpus - 1))
-        threads = 1 if gpus else max(1, cpus // actors)
+        plan = actor_plan(len(todo), concurrency)
         context = ray.data.DataContext.get_current()
         context.max_errored_blocks = 0
         # Every chunk the encode stage yields becomes a block of its own (Ray Data would otherwise gather a
@@ -260,14 +257,14 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         ds = ray.data.from_items(rows, override_num_blocks=len(todo))
         ds = ds.map_batches(
             EncodeStage,
-            fn_constructor_kwargs={"model_ref": str(model_ref), "device": "cuda" if gpus else "cpu",
-                                   "max_batch": batch_size, "threads": threads, "precision": precision,
+            fn_constructor_kwargs={"model_ref": str(model_ref), "device": plan.device,
+                                   "max_batch": batch_size, "threads": plan.threads, "precision": precision,
                                    "refine_steps": refine_steps, "max_file_bytes": max_file_bytes,
                                    "follow_symlinks": follow_symlinks},
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if gpus else 0,
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            num_gpus=plan.gpus,
             num_cpus=1,
         )
         bar = Progress(total, "encode", progress)

@@ -43,7 +43,7 @@ import torch
 from latentzip.codecs.generative import analyse
 from latentzip.codecs.images import UnsupportedImageError, load_image
 from latentzip.codecs.registry import load_codec, load_learned_codec
-from latentzip.pipeline.cluster import cluster_cpus, cluster_gpus
+from latentzip.pipeline.cluster import actor_plan
 from latentzip.pipeline import storage
 from latentzip.pipeline.shards import read_originals
 from latentzip.pipeline.sources import resolve
@@ -196,15 +196,13 @@ def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size
     else:
         ds = ray.data.from_items(inputs)
         total = len(inputs)
-    gpus, cpus = cluster_gpus(), cluster_cpus()
-    # One CPU stays free for Ray Data's read tasks: an actor pool holding every CPU starves them.
-    actors = concurrency or max(1, gpus or cpus - 1)
+    plan = actor_plan(concurrency=concurrency)
     ds = ds.map_batches(
         ScoreStage,
-        fn_constructor_kwargs={"model_ref": str(model_ref), "groups": groups, "device": "cuda" if gpus else "cpu",
-                               "threads": 1 if gpus else max(1, cpus // actors), "refine_steps": refine_steps},
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if gpus else 0, num_cpus=1,
+        fn_constructor_kwargs={"model_ref": str(model_ref), "groups": groups, "device": plan.device,
+                               "threads": plan.threads, "refine_steps": refine_steps},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_gpus=plan.gpus, num_cpus=1,
     )
     rows, top, started = [], [], time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
