@@ -159,3 +159,15 @@ def test_server_stops(server):
     stop_server()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server}/healthz", timeout=10)
+
+
+def test_app_builder_for_serve_deploy_configs(archive, tmp_path):
+    from ray.serve import Application
+
+    from latentzip.pipeline.serving import app_builder
+
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    assert isinstance(app_builder({"archive": str(archive), "replicas": 2, "token_file": str(tmp_path / "token")}),
+                      Application)
+    with pytest.raises(ValueError, match="archive"):
+        app_builder({"replicas": 2})
