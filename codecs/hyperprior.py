@@ -230,6 +230,13 @@ class ScaleHyperprior(CompressionModel):
         Raises :class:`~latentzip.codecs.bitstream.EntropyStreamError` unless each string is exactly the
         encoding of what it decodes to.
         """
+        y_hat = self.decompress_latents(strings, shape)
+        return {"x_hat": self.synthesize(y_hat), "y_hat": y_hat}
+
+    @torch.no_grad()
+    def decompress_latents(self, strings: list, shape) -> torch.Tensor:
+        """``y_hat`` (N, M, 4 * h, 4 * w) of a batch of strings sharing the latent ``shape`` (h, w): the
+        entropy decoding of :meth:`decompress` without the synthesis (for latent-space consumers)."""
         if not (isinstance(strings, (list, tuple)) and len(strings) == 2 and len(strings[0]) == len(strings[1])):
             raise ValueError("expected strings as [y_strings, z_strings] of equal length")
         y_strings, z_strings = strings
@@ -237,8 +244,7 @@ class ScaleHyperprior(CompressionModel):
         z_symbols = decode_symbols(self.entropy_bottleneck, z_strings, EntropyBottleneck._build_indexes(z_size))
         indexes, means_hat = self._entropy_params(z_symbols)
         y_symbols = decode_symbols(self.gaussian_conditional, y_strings, indexes)
-        y_hat = _dequantize(y_symbols.to(self._device()), means_hat)
-        return {"x_hat": self.synthesize(y_hat), "y_hat": y_hat}
+        return _dequantize(y_symbols.to(self._device()), means_hat)
 
     @torch.no_grad()
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,15 @@ class LearnedCodec:
         return [to_pil(x) for x in self.decode_tensors(streams)]
 
     def decode_tensors(self, streams: list[bytes]) -> list[torch.Tensor]:
+        """Each stream's image as a float tensor (3, H, W) in [0, 1]; streams sharing a latent shape are
+        decoded in one ``decompress`` call."""
+        return self._decode_groups(streams, latents=False)
+
+    def decode_latents(self, streams: list[bytes]) -> list[torch.Tensor]:
+        """Each stream's ``y_hat`` (M, H / 16, W / 16 of the padded image), float32, without synthesis."""
+        return self._decode_groups(streams, latents=True)
+
+    def _decode_groups(self, streams: list[bytes], latents: bool) -> list[torch.Tensor]:
         parsed = [self._parse(data) for data in streams]
         groups = defaultdict(list)
         for index, stream in enumerate(parsed):
@@ -124,6 +133,11 @@ class LearnedCodec:
             for start in range(0, len(indexes), self.max_batch):
                 chunk = indexes[start : start + self.max_batch]
                 strings = [[parsed[i].strings[k] for i in chunk] for k in range(2)]
+                if latents:
+                    y_hat = self.model.decompress_latents(strings, shape).cpu()
+                    for j, i in enumerate(chunk):
+                        out[i] = y_hat[j]
+                    continue
                 x_hat = self.model.decompress(strings, shape)["x_hat"].cpu()
                 for j, i in enumerate(chunk):
                     out[i] = x_hat[j, :, : parsed[i].height, : parsed[i].width]

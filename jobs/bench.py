@@ -13,6 +13,10 @@ Benchmarks:
         anomalies, beside a PNG-size baseline (``latentzip bench anomaly --model M --out anomaly.md``)
   decode  one-id decode from a 10,000-image archive vs the bare model decode, bytes read per lookup, and
         batch decode images/s on Ray (``latentzip bench decode --out decode.md``)
+  serve  `latentzip serve` under a bounded load on 127.0.0.1: requests/s and latency with dynamic batching on
+        and off, beside a static server of the same PNGs (``latentzip bench serve --out serve.md``)
+  read  images/s a DataLoader gets from an archive vs JPEG and PNG folders, bytes on disk
+        (``latentzip bench read --out read.md``)
   startup  cold start: `latentzip --help`, `zoo`, `zoo show`, a one-id decode of a 768x512 image and
         `import latentzip.api`, each in fresh processes, median of 5 (``latentzip bench startup --out startup.md``)
 """
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     startup.add_argument("--repeats", type=int, default=5, help="fresh processes per command (default 5)")
     startup.add_argument("--workdir", type=Path, help="where the archive goes (default: a temp folder)")
     startup.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
+    add_serve_read(benchmarks)
     return parser
 
 
@@ -151,6 +156,60 @@ def _bench_config(args):
     from latentzip.pipeline.training.config import build_config
 
     return build_config(train_options(args, exclude=("steps", "workers")), args.config, BENCH_TRAIN_RECIPE)
+
+
+def add_serve_read(benchmarks) -> None:
+    sv = benchmarks.add_parser("serve", help="`latentzip serve` under load: batching on vs off, vs static PNG files",
+                               description="A bounded load test on 127.0.0.1: concurrent clients for a fixed time "
+                                           "against the Serve app with dynamic batching on and off and a static "
+                                           "server of the same images as PNG files (latentzip.pipeline.bench.serve).")
+    sv.add_argument("--archive", type=Path, help="measure this archive instead of building one")
+    sv.add_argument("--model", default="mean-scale-q3", help="codec to build the archive with (default mean-scale-q3)")
+    sv.add_argument("--count", type=int, default=256, help="images in the built archive (default 256)")
+    sv.add_argument("--size", type=int, default=64, help="side of the built archive's square crops (default 64)")
+    sv.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    sv.add_argument("--seconds", type=float, default=20.0, help="length of each timed run (default 20)")
+    sv.add_argument("--repeats", type=int, default=2, help="alternated runs per server; the best counts (default 2)")
+    sv.add_argument("--max-batch-size", type=int, default=16, help="batch size with batching on (default 16)")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="batch wait with batching on (default 5)")
+    sv.add_argument("--workdir", type=Path, help="where the archive and PNG files go (default: a temp folder)")
+    sv.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
+    rd = benchmarks.add_parser("read", help="images/s into a training loop: archive vs JPEG and PNG folders",
+                               description="Images/s a PyTorch DataLoader delivers from an archive (ArchiveDataset) "
+                                           "against the same images as JPEG and PNG files with the same DataLoader "
+                                           "settings, and bytes on disk of each (latentzip.pipeline.bench.read).")
+    rd.add_argument("--archive", type=Path, help="measure this archive instead of building one")
+    rd.add_argument("--model", default="mean-scale-q3", help="codec to build the archive with (default mean-scale-q3)")
+    rd.add_argument("--count", type=int, default=256, help="images in the built archive (default 256)")
+    rd.add_argument("--size", type=int, default=128, help="side of the built archive's square crops (default 128)")
+    rd.add_argument("--batch-size", type=int, default=16, help="DataLoader batch size (default 16)")
+    rd.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    rd.add_argument("--epochs", type=int, default=2, help="timed epochs per source; the best counts (default 2)")
+    rd.add_argument("--jpeg-quality", type=int, default=90, help="quality of the JPEG files (default 90)")
+    rd.add_argument("--workdir", type=Path, help="where the archive and files go (default: a temp folder)")
+    rd.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
+
+
+def _serve_read(args) -> int:
+    if args.out.suffix not in (".json", ".md"):
+        return fail(f"bench {args.benchmark}", "--out must end in .json or .md")
+    if args.benchmark == "read":
+        from latentzip.pipeline.bench.read import bench_read, markdown, write_result
+
+        result = bench_read(args.archive, model=args.model, count=args.count, size=args.size,
+                            batch_size=args.batch_size, workers=args.workers, epochs=args.epochs,
+                            jpeg_quality=args.jpeg_quality, workdir=args.workdir)
+    else:
+        from latentzip.pipeline.bench.serve import bench_serve, markdown, write_result
+        from latentzip.pipeline.cluster import ensure_ray
+
+        ensure_ray()
+        result = bench_serve(args.archive, model=args.model, count=args.count, size=args.size, clients=args.clients,
+                             seconds=args.seconds, repeats=args.repeats, max_batch_size=args.max_batch_size,
+                             batch_wait_ms=args.batch_wait_ms, workdir=args.workdir)
+    print(markdown(result), end="")
+    print(f"written to {write_result(result, args.out)}")
+    return 0
 
 
 def _train_variants(args) -> int:
@@ -204,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(result), end="")
         print(f"written to {write_result(result, args.out)}")
         return 0
+    if args.benchmark in ("serve", "read"):
+        return _serve_read(args)
     if args.benchmark == "decode":
         return _decode(args)
     if args.benchmark == "anomaly":
