@@ -185,6 +185,7 @@ class ScaleHyperprior(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # -- real coding: analyse (x -> symbols and entropy parameters), then the range coder ----------------
+    @torch.no_grad()
     def entropy_parameters(self, z_symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scale indexes and means (None for the scale hyperprior) of the Gaussian conditional, from the
         integer symbols of ``z``: the prior ``p(y | z_hat)`` as the range coder sees it.
