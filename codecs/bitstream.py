@@ -100,6 +100,14 @@ def pack(stream: Bitstream) -> bytes:
     return header + _CRC.pack(zlib.crc32(header)) + payload + _CRC.pack(zlib.crc32(payload))
 
 
+def pack_batch(model_id: bytes, sizes: list[tuple[int, int]], compressed: dict) -> list[bytes]:
+    """One container per image of a model's ``compress`` output (``{"strings": [y_strings, z_strings],
+    "shape": (h, w)}``, one string per image in each list); ``sizes``: the images' true (height, width)."""
+    return [pack(Bitstream(model_id, height, width, tuple(compressed["shape"]),
+                           tuple(strings[i] for strings in compressed["strings"])))
+            for i, (height, width) in enumerate(sizes)]
+
+
 def unpack(data: bytes, expected_model_id: bytes | None = None) -> Bitstream:
     """Parse and verify ``data``; raise the specific :class:`BitstreamError` subclass on any problem."""
     data = bytes(data)

@@ -2,7 +2,7 @@
 
 CompressAI's ``EntropyModel.compress``/``decompress`` quantize and dequantize around the range coder; the
 hyperprior needs the integer symbols themselves (they are what the integer prior reads, see
-``integer_prior.py``), so this module calls the coder directly. It adds three things:
+``integer_prior.py``), so this module calls the coder directly. It adds:
 
 - **Exact consumption.** The rANS decoder does not report how many bytes it read, and decodes *something*
   from any bytes. :func:`decode_symbols` re-encodes the decoded symbols with the same indexes and tables and
@@ -19,6 +19,9 @@ hyperprior needs the integer symbols themselves (they are what the integer prior
   folders are checked with it when loaded (checkpoint.py), and every table is checked again before it is
   handed to the coder, with every index.
 - **One table conversion per batch**, not one per image.
+
+It also says what symbols cost: :func:`code_lengths`, the ideal bits of each symbol under the same integer
+tables, with the bypass writes counted by the one :func:`bypass_writes` the coder's buffer check uses.
 """
 
 from __future__ import annotations
@@ -121,21 +124,28 @@ def check_tables(cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tens
     return None
 
 
-def _bypass_words(symbols: torch.Tensor, indexes: torch.Tensor, tables: _Tables) -> int:
-    """How many 4-bit bypass writes the rANS encoder makes for ``symbols`` (flat int64 tensors, CPU).
+def bypass_writes(value: torch.Tensor, max_value: torch.Tensor) -> torch.Tensor:
+    """Per symbol, how many 4-bit bypass writes the rANS encoder makes for it (int64, shaped like ``value``):
+    the one count both the coder's buffer check and :func:`code_lengths` use.
 
-    Mirrors the encoder: a value outside ``[0, max_value)`` of its table is coded as the escape symbol,
-    then ``n`` nibbles of ``raw`` and ``n // 15 + 1`` nibbles counting them.
+    ``value`` is a symbol minus its table's offset, ``max_value`` its table's length minus 2. Mirrors the
+    encoder: a value outside ``[0, max_value)`` is coded as the escape symbol, then ``n`` nibbles of
+    ``raw`` and ``n // 15 + 1`` nibbles counting them; a value inside its table makes none.
     """
+    escaped = (value < 0) | (value >= max_value)
+    raw = torch.where(value < 0, -2 * value - 1, 2 * (value - max_value)).clamp_(min=0)
+    nibbles = sum((raw >= 16**j).to(torch.int64) for j in range(8))
+    return torch.where(escaped, nibbles + nibbles // (2**_BYPASS_BITS - 1) + 1, 0)
+
+
+def _bypass_words(symbols: torch.Tensor, indexes: torch.Tensor, tables: _Tables) -> int:
+    """How many 4-bit bypass writes the rANS encoder makes for ``symbols`` (flat int64 tensors, CPU)."""
     value = symbols - tables.offset[indexes]
     max_value = tables.cdf_length[indexes] - 2
     escaped = (value < 0) | (value >= max_value)
     if not bool(escaped.any()):
         return 0
-    value, max_value = value[escaped], max_value[escaped]
-    raw = torch.where(value < 0, -2 * value - 1, 2 * (value - max_value))
-    nibbles = sum((raw >= 16**j).to(torch.int64) for j in range(8))
-    return int((nibbles + nibbles // (2**_BYPASS_BITS - 1) + 1).sum())
+    return int(bypass_writes(value[escaped], max_value[escaped]).sum())
 
 
 def _check_codable(symbols: torch.Tensor, indexes: torch.Tensor, tables: _Tables) -> str | None:
@@ -204,3 +214,31 @@ def decode_symbols(model: EntropyModel, strings: list[bytes], indexes: torch.Ten
 def _encode(model: EntropyModel, symbols: list, indexes: list, tables: _Tables) -> bytes:
     return bytes(model.entropy_coder.encode_with_indexes(
         symbols, indexes, tables.cdf, tables.cdf_length_list, tables.offset_list))
+
+
+# -- code lengths: what each symbol costs under the coder's integer tables -----------------------------------
+def table_frequencies(model: EntropyModel) -> torch.Tensor:
+    """Per table, the integer frequency of each value (the quantized CDF's differences, the last one the
+    escape symbol's), on CPU; zero past each table's length."""
+    cdf = model._quantized_cdf.cpu().long()
+    lengths = model._cdf_length.reshape(-1).cpu().long()
+    frequencies = cdf[:, 1:] - cdf[:, :-1]
+    valid = torch.arange(frequencies.shape[1])[None, :] < (lengths[:, None] - 1)
+    return torch.where(valid, frequencies, torch.zeros((), dtype=torch.long))
+
+
+def code_lengths(model: EntropyModel, symbols: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
+    """Bits the range coder ideally spends on each symbol under its integer tables (float32, shaped like
+    ``symbols``): ``-log2(frequency / 2**PRECISION)``; a value outside its table pays the escape symbol plus
+    its bypass nibbles (:func:`bypass_writes`). Estimates: a rANS string is within a few bytes of their sum."""
+    frequencies = table_frequencies(model)
+    symbols = symbols.cpu().long()
+    indexes = indexes.cpu().long()
+    offsets = model._offset.reshape(-1).cpu().long()[indexes]
+    max_value = model._cdf_length.reshape(-1).cpu().long()[indexes] - 2
+    value = symbols - offsets
+    escaped = (value < 0) | (value >= max_value)
+    looked_up = torch.where(escaped, max_value, value)
+    frequency = frequencies[indexes, looked_up].double()
+    bits = PRECISION - torch.log2(frequency)
+    return (bits + _BYPASS_BITS * bypass_writes(value, max_value)).float()

@@ -5,16 +5,17 @@ A hyperprior codec is a VAE whose prior is the entropy model, so besides compres
 - **sample** (:func:`sample_prior`): hyper-latents ``z_hat`` from the factorized prior (the entropy
   bottleneck's own quantized CDF tables, the ones the range coder uses), latents ``y_hat`` from the
   conditional Gaussian whose scales (and means, for the mean-scale model) the prior computes from
-  ``z_hat`` (the same :meth:`~latentzip.codecs.hyperprior.ScaleHyperprior._entropy_params` that the coder
-  uses), then the image ``g_s(y_hat)``. A compression prior models local statistics, so samples look like
+  ``z_hat`` (the same :meth:`~latentzip.codecs.hyperprior.ScaleHyperprior.entropy_parameters` that the
+  coder uses), then the image ``g_s(y_hat)``. A compression prior models local statistics, so samples look like
   textures and colour fields, not objects.
 - **interpolate** (:func:`interpolate`): encode two images, blend their continuous ``y`` and ``z``, and
-  quantize and decode each point exactly as ``compress`` and ``decompress`` do, so every frame is an image
-  the codec could have transmitted and the end frames are the decodes of the two inputs.
-- **measure rates** (:func:`analyse`): the bitstream container of an image (the very bytes
-  ``LearnedCodec.encode`` writes) together with the ideal code length of every latent under the coder's
-  integer tables, for rate heat maps and per-channel-group rates. The code lengths are *estimates*: the
-  rANS strings are within a few bytes of their sum; bpp itself is always the container's bytes.
+  quantize (``ScaleHyperprior.quantise``, as ``compress`` does) and synthesize each point, so every frame
+  is an image the codec could have transmitted and the end frames are the decodes of the two inputs.
+- **measure rates** (:func:`analyse`): the bitstream container of an image (``LearnedCodec.encode_analysed``:
+  the very bytes ``LearnedCodec.encode`` writes) together with the ideal code length of every latent under
+  the coder's integer tables (``entropy_coding.code_lengths``), for rate heat maps and per-channel-group
+  rates. The code lengths are *estimates*: the rANS strings are within a few bytes of their sum; bpp itself
+  is always the container's bytes.
 
 Temperature ``T`` scales the prior's spread: ``y`` symbols are ``round(T * scale * eps)`` (``eps`` standard
 normal) around the means, and ``z`` symbols are drawn from the table pmf raised to ``1 / T**2`` (what scaling
@@ -31,20 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from compressai.entropy_models import EntropyBottleneck, EntropyModel
+from compressai.entropy_models import EntropyBottleneck
 from PIL import Image
 
 from latentzip.codecs import bitstream
-from latentzip.codecs.entropy_coding import encode_symbols
-from latentzip.codecs.hyperprior import ScaleHyperprior, _dequantize
+from latentzip.codecs.entropy_coding import code_lengths, table_frequencies
+from latentzip.codecs.hyperprior import ScaleHyperprior, dequantize
 from latentzip.codecs.images import pad_to_multiple, to_pil, to_rgb8, to_tensor
 from latentzip.codecs.learned import LearnedCodec
 
 #: g_a downsamples by this: one latent position describes a LATENT_STRIDE x LATENT_STRIDE block of pixels.
 LATENT_STRIDE = 16
-#: The range coder's probability precision (CompressAI's entropy coder): table frequencies sum to 2**16.
-_PRECISION_BITS = 16
-_BYPASS_BITS = 4
 
 
 # -- sampling --------------------------------------------------------------------------------------------
@@ -79,17 +77,17 @@ def sample_latents(model: ScaleHyperprior, latent_shape: tuple[int, int], genera
                    temperature: float = 1.0) -> torch.Tensor:
     """One ``y_hat`` (1, M, 4h, 4w) drawn from the prior, for hyper-latents of shape ``latent_shape`` (h, w)."""
     z_symbols = _sample_z_symbols(model.entropy_bottleneck, latent_shape, generator, temperature)
-    indexes, means = model._entropy_params(z_symbols.to(model._device()))
+    indexes, means = model.entropy_parameters(z_symbols)
     scales = model.gaussian_conditional.scale_table.to(indexes.device)[indexes.long()]
     noise = torch.randn(indexes.shape, generator=generator, dtype=torch.float32).to(scales.device)
     y_symbols = torch.round(temperature * scales * noise)
-    return _dequantize(y_symbols, means)
+    return dequantize(y_symbols, means)
 
 
 def _sample_z_symbols(bottleneck: EntropyBottleneck, latent_shape: tuple[int, int], generator: torch.Generator,
                       temperature: float) -> torch.Tensor:
     """Symbols ``round(z - median)`` (1, N, h, w), each channel from its own quantized pmf (escape excluded)."""
-    frequencies = _table_frequencies(bottleneck)  # (C, L + 1): L regular values, then the escape
+    frequencies = table_frequencies(bottleneck)  # (C, L + 1): L regular values, then the escape
     lengths = bottleneck._cdf_length.reshape(-1).cpu().long() - 2
     channels, positions = frequencies.shape[0], latent_shape[0] * latent_shape[1]
     regular = torch.arange(frequencies.shape[1] - 1)[None, :] < lengths[:, None]
@@ -104,15 +102,6 @@ def _sample_z_symbols(bottleneck: EntropyBottleneck, latent_shape: tuple[int, in
         values = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=lengths[:, None] - 1)
     offsets = bottleneck._offset.reshape(-1, 1).cpu().long()
     return (values + offsets).reshape(1, channels, *latent_shape).to(torch.int32)
-
-
-def _table_frequencies(model: EntropyModel) -> torch.Tensor:
-    """Per table, the integer frequency of each value (the quantized CDF's differences), on CPU."""
-    cdf = model._quantized_cdf.cpu().long()
-    lengths = model._cdf_length.reshape(-1).cpu().long()
-    frequencies = cdf[:, 1:] - cdf[:, :-1]
-    valid = torch.arange(frequencies.shape[1])[None, :] < (lengths[:, None] - 1)
-    return torch.where(valid, frequencies, torch.zeros((), dtype=torch.long))
 
 
 def image_grid(images: list, columns: int, gap: int = 2):
@@ -157,20 +146,15 @@ def interpolate(codec: LearnedCodec, image_a: Image.Image, image_b: Image.Image,
     (y_a, z_a), (y_b, z_b) = (_analysis_transforms(model, fit_to(image, width, height)) for image in (image_a, image_b))
     frames = []
     for t in torch.linspace(0, 1, steps).tolist():
-        y, z = torch.lerp(y_a, y_b, t), torch.lerp(z_a, z_b, t)
-        z_symbols = model.entropy_bottleneck.quantize(z, "symbols", model._z_medians())
-        indexes, means = model._entropy_params(z_symbols)
-        y_hat = _dequantize(model.gaussian_conditional.quantize(y, "symbols", means), means)
+        y_hat = model.quantise(torch.lerp(y_a, y_b, t), torch.lerp(z_a, z_b, t)).y_hat
         frames.append(to_pil(model.synthesize(y_hat)[0, :, :height, :width].cpu()))
     return frames
 
 
-def _analysis_transforms(model: ScaleHyperprior, image: Image.Image,
-                         refinement=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``y = g_a(x)`` and ``z = h_a(y)`` of one image, padded as ``LearnedCodec`` pads it, and refined as
-    ``compress`` refines them when ``refinement`` is given."""
-    x = pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(model._device())
-    return model.latents(x, refinement, [(image.height, image.width)])
+def _analysis_transforms(model: ScaleHyperprior, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = g_a(x)`` and ``z = h_a(y)`` of one image, padded as ``LearnedCodec`` pads it."""
+    device = next(model.parameters()).device
+    return model.latents(pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(device))
 
 
 # -- rates -----------------------------------------------------------------------------------------------
@@ -213,44 +197,13 @@ class RateAnalysis:
 
 @torch.no_grad()
 def analyse(codec: LearnedCodec, image: Image.Image, refine_steps: int = 0) -> RateAnalysis:
-    """The container ``codec.encode(image, refine_steps=...)`` writes, with the code length of every latent.
-
-    The same steps as ``ScaleHyperprior.compress`` on a batch of one image (as ``LearnedCodec.encode``
-    runs it), keeping the symbols and entropy parameters that ``compress`` does not return.
-    """
+    """The container ``codec.encode(image, refine_steps=...)`` writes, with the code length of every latent
+    (``LearnedCodec.encode_analysed``: the encoder's own path, keeping the symbols and entropy parameters)."""
+    data, analysis = codec.encode_analysed(image, refine_steps)
+    stream = bitstream.unpack(data)
     model = codec.model
-    image = to_rgb8(image)
-    y, z = _analysis_transforms(model, image, codec.refinement(refine_steps))
-    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
-    z_symbols = eb.quantize(z, "symbols", model._z_medians())
-    z_indexes = EntropyBottleneck._build_indexes(z.size())
-    z_strings = encode_symbols(eb, z_symbols, z_indexes)
-    indexes, means = model._entropy_params(z_symbols)
-    y_symbols = gc.quantize(y, "symbols", means)
-    y_strings = encode_symbols(gc, y_symbols, indexes)
-    data = bitstream.pack(bitstream.Bitstream(codec.model_id, image.height, image.width, tuple(z.shape[-2:]),
-                                              (y_strings[0], z_strings[0])))
     return RateAnalysis(
-        data, image.height, image.width, len(y_strings[0]), len(z_strings[0]),
-        code_lengths(gc, y_symbols, indexes)[0], code_lengths(eb, z_symbols, z_indexes)[0],
+        data, stream.height, stream.width, len(stream.strings[0]), len(stream.strings[1]),
+        code_lengths(model.gaussian_conditional, analysis.y_symbols, analysis.y_indexes)[0],
+        code_lengths(model.entropy_bottleneck, analysis.z_symbols, analysis.z_indexes)[0],
     )
-
-
-def code_lengths(model: EntropyModel, symbols: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
-    """Bits the range coder ideally spends on each symbol under its integer tables (float32, shaped like
-    ``symbols``): ``-log2(frequency / 2**16)``; a value outside its table pays the escape symbol plus the
-    bypass nibbles the coder writes for it (entropy_coding.py)."""
-    frequencies = _table_frequencies(model)
-    symbols = symbols.cpu().long()
-    indexes = indexes.cpu().long()
-    offsets = model._offset.reshape(-1).cpu().long()[indexes]
-    max_value = model._cdf_length.reshape(-1).cpu().long()[indexes] - 2
-    value = symbols - offsets
-    escaped = (value < 0) | (value >= max_value)
-    looked_up = torch.where(escaped, max_value, value)
-    frequency = frequencies[indexes, looked_up].double()
-    bits = _PRECISION_BITS - torch.log2(frequency)
-    raw = torch.where(value < 0, -2 * value - 1, 2 * (value - max_value)).clamp_(min=0)
-    nibbles = sum((raw >= 16**j).long() for j in range(8))
-    bypass = _BYPASS_BITS * (nibbles + nibbles // (2**_BYPASS_BITS - 1) + 1)
-    return torch.where(escaped, bits + bypass, bits).float()

@@ -16,7 +16,10 @@ Tensor shapes for a batch ``x`` of shape (B, 3, H, W), H and W multiples of 64::
     x_hat     = g_s(y_hat)    (B, 3, H, W)
 
 ``forward`` is the training path (additive uniform noise instead of rounding, likelihoods for the rate
-term); ``compress``/``decompress`` run the real range coder and return/take byte strings.
+term). The coding path is one chain, and everything that codes or measures real rates goes through it:
+``analyse`` (``latents`` then ``quantise``: x -> the integer symbols of ``y`` and ``z`` and their entropy
+parameters, an :class:`Analysis`), ``code`` (the range coder: symbols -> strings), ``compress`` (the two);
+``decompress`` inverts it and ``synthesize`` gives the image.
 
 Entropy-coding parameters (the scale index and mean of every latent) decide how the range coder splits its
 interval, so encoder and decoder must compute them bit for bit alike. With ``entropy_params="integer"``
@@ -88,6 +91,38 @@ class CodecConfig:
         return cls(**{"entropy_params": "float", **data})
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What the range coder codes for a padded batch of B images, as :meth:`ScaleHyperprior.analyse` gives it.
+
+    ``y_symbols`` (B, M, h, w) int32, ``round(y - means)``, coded under the Gaussian tables ``y_indexes``
+    (same shape, int32); ``means_hat`` (same shape, float32) or None for the scale hyperprior; ``y_hat``
+    (float32) the latents the decoder reconstructs, ``y_symbols + means_hat``; ``z_symbols`` (B, N, h/4,
+    w/4) int32, ``round(z - medians)``, coded under the bottleneck's per-channel tables ``z_indexes``.
+    """
+
+    y_symbols: torch.Tensor
+    y_indexes: torch.Tensor
+    means_hat: torch.Tensor | None
+    y_hat: torch.Tensor
+    z_symbols: torch.Tensor
+    z_indexes: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The hyper-latent grid (h/4, w/4): with the image size, all a decoder needs besides the strings."""
+        return tuple(self.z_symbols.shape[-2:])
+
+    def item(self, index: int) -> "Analysis":
+        """Batch item ``index`` as a batch of one."""
+        values = (getattr(self, field.name) for field in dataclasses.fields(self))
+        return Analysis(*(None if t is None else t[index : index + 1] for t in values))
+
+
+def _no_clock(stage: str):
+    return nullcontext()
+
+
 def _analysis(N: int, M: int) -> nn.Sequential:
     return nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
 
@@ -149,9 +184,11 @@ class ScaleHyperprior(CompressionModel):
         x_hat = _transform(self.g_s, y_hat, self.transform_dtype)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
-    # -- real coding -------------------------------------------------------------------------------
-    def _entropy_params(self, z_symbols: torch.Tensor):
-        """Scale indexes and means for the Gaussian conditional, from the integer symbols of ``z``.
+    # -- real coding: analyse (x -> symbols and entropy parameters), then the range coder ----------------
+    @torch.no_grad()
+    def entropy_parameters(self, z_symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scale indexes and means (None for the scale hyperprior) of the Gaussian conditional, from the
+        integer symbols of ``z``: the prior ``p(y | z_hat)`` as the range coder sees it.
 
         The one place that decides entropy-coding parameters; encoder and decoder both call it with the
         symbols that the z string codes. Integer mode: the fixed-point ``h_s``, exact everywhere. Float
@@ -160,7 +197,7 @@ class ScaleHyperprior(CompressionModel):
         """
         if self.config.entropy_params == "integer":
             return self.integer_prior()(z_symbols)
-        z_hat = _dequantize(z_symbols.to(self._device()), self._z_medians())
+        z_hat = dequantize(z_symbols.to(self._device()), self._z_medians())
         params = torch.cat([self.h_s(z_hat[i : i + 1].contiguous()) for i in range(z_hat.shape[0])])
         scales_hat, means_hat = self._split_params(params)
         return self.gaussian_conditional.build_indexes(scales_hat), means_hat
@@ -194,34 +231,68 @@ class ScaleHyperprior(CompressionModel):
         return self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
 
     @torch.no_grad()
-    def latents(self, x: torch.Tensor, refinement=None,
-                sizes: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def latents(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None,
+                clock=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = g_a(x)`` and ``z = h_a(y)`` of a padded batch, refined when ``refinement`` asks for steps
-        (codecs/refine.py; ``sizes``: the images' true sizes): what :meth:`compress` quantises and codes."""
-        y = self.g_a(x).float()
-        z = self.h_a(self._hyper_input(y))
+        (codecs/refine.py; ``sizes``: the images' true sizes): what :meth:`quantise` quantises.
+        ``clock``: see :meth:`compress`."""
+        clock = clock or _no_clock
+        with clock("g_a"):
+            y = self.g_a(x).float()
+        with clock("h_a"):
+            z = self.h_a(self._hyper_input(y))
         if refinement is not None and refinement.steps > 0:
             from latentzip.codecs.refine import refine_latents
 
-            with torch.enable_grad():
+            with clock("refine"), torch.enable_grad():
                 y, z = refine_latents(self, x, y, z, refinement, sizes)
         return y, z
 
     @torch.no_grad()
-    def compress(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None) -> dict:
-        """Entropy-code a batch. Returns ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``.
+    def quantise(self, y: torch.Tensor, z: torch.Tensor, clock=None) -> "Analysis":
+        """The symbols and entropy parameters of latents ``y`` and hyper-latents ``z`` (any values: those of
+        :meth:`latents`, or blends of them), exactly as :meth:`compress` codes them."""
+        clock = clock or _no_clock
+        with clock("z coding"):
+            z_symbols = self.entropy_bottleneck.quantize(z, "symbols", self._z_medians())
+        with clock("h_s"):
+            y_indexes, means_hat = self.entropy_parameters(z_symbols)
+        with clock("y coding"):
+            y_symbols = self.gaussian_conditional.quantize(y, "symbols", means_hat)
+            y_hat = dequantize(y_symbols, means_hat)
+        return Analysis(y_symbols, y_indexes, means_hat, y_hat, z_symbols,
+                        EntropyBottleneck._build_indexes(z.size()))
+
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None,
+                clock=None) -> "Analysis":
+        """A padded batch ``x`` to what the range coder codes: :meth:`latents`, then :meth:`quantise`. The
+        one analysis path: :meth:`compress` codes its result, rate measurements read it."""
+        return self.quantise(*self.latents(x, refinement, sizes, clock), clock=clock)
+
+    @torch.no_grad()
+    def code(self, analysis: "Analysis", clock=None) -> dict:
+        """Entropy-code an :class:`Analysis`: ``{"strings": [y_strings, z_strings], "shape": (h, w), "y_hat"}``,
+        one string per batch item in each list (CompressAI's ``compress`` contract, plus ``y_hat``)."""
+        clock = clock or _no_clock
+        with clock("z coding"):
+            z_strings = encode_symbols(self.entropy_bottleneck, analysis.z_symbols, analysis.z_indexes)
+        with clock("y coding"):
+            y_strings = encode_symbols(self.gaussian_conditional, analysis.y_symbols, analysis.y_indexes)
+        return {"strings": [y_strings, z_strings], "shape": analysis.shape, "y_hat": analysis.y_hat}
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, refinement=None, sizes: list[tuple[int, int]] | None = None,
+                 clock=None) -> dict:
+        """Entropy-code a batch: :meth:`code` of :meth:`analyse`. Returns ``{"strings": [y_strings,
+        z_strings], "shape": (h, w), "y_hat"}``.
 
         ``refinement``: a :class:`~latentzip.codecs.refine.Refinement` that improves ``y`` and ``z`` of each
         image before they are quantised (``sizes``: the images' true sizes inside the padded batch). The
-        coding below is the same either way."""
-        y, z = self.latents(x, refinement, sizes)
-        z_symbols = self.entropy_bottleneck.quantize(z, "symbols", self._z_medians())
-        z_strings = encode_symbols(self.entropy_bottleneck, z_symbols, EntropyBottleneck._build_indexes(z.size()))
-        indexes, means_hat = self._entropy_params(z_symbols)
-        y_symbols = self.gaussian_conditional.quantize(y, "symbols", means_hat)
-        y_strings = encode_symbols(self.gaussian_conditional, y_symbols, indexes)
-        y_hat = _dequantize(y_symbols, means_hat)
-        return {"strings": [y_strings, z_strings], "shape": tuple(z.size()[-2:]), "y_hat": y_hat}
+        coding below is the same either way. ``clock``: for profiling, a function of a stage name
+        (``"g_a"``, ``"h_a"``, ``"refine"``, ``"z coding"``, ``"h_s"``, ``"y coding"``) returning a context
+        manager that each stage runs inside."""
+        return self.code(self.analyse(x, refinement, sizes, clock), clock)
 
     @torch.no_grad()
     def decompress(self, strings: list, shape) -> dict:
@@ -242,9 +313,9 @@ class ScaleHyperprior(CompressionModel):
         y_strings, z_strings = strings
         z_size = (len(z_strings), self.entropy_bottleneck.channels, *shape)
         z_symbols = decode_symbols(self.entropy_bottleneck, z_strings, EntropyBottleneck._build_indexes(z_size))
-        indexes, means_hat = self._entropy_params(z_symbols)
+        indexes, means_hat = self.entropy_parameters(z_symbols)
         y_symbols = decode_symbols(self.gaussian_conditional, y_strings, indexes)
-        return _dequantize(y_symbols.to(self._device()), means_hat)
+        return dequantize(y_symbols.to(self._device()), means_hat)
 
     @torch.no_grad()
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
@@ -285,7 +356,7 @@ def _unchanged(tensors: list[torch.Tensor], cached: list[tuple[torch.Tensor, int
         for t, (alias, version) in zip(tensors, cached))
 
 
-def _dequantize(symbols: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:
+def dequantize(symbols: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:
     """``symbols + means`` in float32, exactly as CompressAI's ``dequantize`` (encoder and decoder share it)."""
     values = symbols.float()
     if means is not None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from latentzip.codecs import bitstream
-from latentzip.codecs.checkpoint import load_model, switch_entropy_params
-from latentzip.codecs.hyperprior import ScaleHyperprior
+from latentzip.codecs.checkpoint import load_model, model_id, switch_entropy_params
+from latentzip.codecs.hyperprior import Analysis, ScaleHyperprior
 from latentzip.codecs.images import pad_to_multiple, padded_size, to_pil, to_rgb8, to_tensor
 
 
@@ -39,6 +40,13 @@ class LearnedCodec:
         """Load a codec directory; ``entropy_params="float"`` for the float prior (default integer)."""
         model, card = load_model(directory, entropy_params=entropy_params)
         return cls(model, card, name=name, **options)
+
+    @classmethod
+    def from_model(cls, model: ScaleHyperprior, name: str | None = None, **options) -> "LearnedCodec":
+        """A codec of in-memory weights (e.g. a model being trained, its entropy-coder tables already
+        built with ``update()``): its card holds only the model id of these weights."""
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        return cls(model, {"model_id": model_id(model.config, state).hex()}, name=name, **options)
 
     def with_entropy_params(self, entropy_params: str, name: str | None = None) -> "LearnedCodec":
         """The same weights in the other arithmetic (its own model id), e.g. to benchmark one against the other."""
@@ -77,19 +85,30 @@ class LearnedCodec:
     def decode(self, data: bytes) -> Image.Image:
         return self.decode_batch([data])[0]
 
-    def encode_batch(self, images: list[Image.Image], refine_steps: int = 0) -> list[bytes]:
-        return [data for data, _ in self._encode(images, reconstruct=False, refine_steps=refine_steps)]
+    def encode_batch(self, images: list[Image.Image], refine_steps: int = 0, clock=None) -> list[bytes]:
+        """The streams of ``images``. ``clock``: for profiling, a function of a stage name returning a context
+        manager each stage runs inside (``"decode"``, ``"pad"``, ``"pack"`` here, the model's stages in
+        :meth:`~latentzip.codecs.hyperprior.ScaleHyperprior.compress`)."""
+        return [data for data, _, _ in self._encode(images, refine_steps=refine_steps, clock=clock)]
 
     def encode_with_reconstruction(self, images: list[Image.Image],
                                    refine_steps: int = 0) -> list[tuple[bytes, Image.Image]]:
         """Each image's stream and the image that decoding it gives, computed on the encoder's side."""
         return [(data, to_pil(x_hat))
-                for data, x_hat in self._encode(images, reconstruct=True, refine_steps=refine_steps)]
+                for data, x_hat, _ in self._encode(images, reconstruct=True, refine_steps=refine_steps)]
 
-    def _encode(self, images: list[Image.Image], reconstruct: bool,
-                refine_steps: int = 0) -> list[tuple[bytes, torch.Tensor | None]]:
+    def encode_analysed(self, image: Image.Image, refine_steps: int = 0) -> tuple[bytes, Analysis]:
+        """``encode(image, refine_steps)`` and the :class:`~latentzip.codecs.hyperprior.Analysis` (symbols and
+        entropy parameters, a batch of one) that its stream codes: what rate measurements read."""
+        data, _, analysis = self._encode([image], refine_steps=refine_steps, analysed=True)[0]
+        return data, analysis
+
+    def _encode(self, images: list[Image.Image], reconstruct: bool = False, refine_steps: int = 0,
+                analysed: bool = False, clock=None) -> list[tuple[bytes, torch.Tensor | None, Analysis | None]]:
+        clock = clock or (lambda stage: nullcontext())
         refinement = self.refinement(refine_steps)
-        tensors = [to_tensor(to_rgb8(image)) for image in images]
+        with clock("decode"):
+            tensors = [to_tensor(to_rgb8(image)) for image in images]
         groups = defaultdict(list)
         for index, x in enumerate(tensors):
             groups[padded_size(*x.shape[-2:], self.model.stride)].append(index)
@@ -97,17 +116,17 @@ class LearnedCodec:
         for indexes in groups.values():
             for start in range(0, len(indexes), self.max_batch):
                 chunk = indexes[start : start + self.max_batch]
-                batch = torch.cat([pad_to_multiple(tensors[i][None], self.model.stride) for i in chunk])
+                with clock("pad"):
+                    batch = torch.cat([pad_to_multiple(tensors[i][None], self.model.stride) for i in chunk])
                 sizes = [tuple(tensors[i].shape[-2:]) for i in chunk]
-                coded = self.model.compress(batch.to(self.device), refinement, sizes)
+                analysis = self.model.analyse(batch.to(self.device), refinement, sizes, clock)
+                coded = self.model.code(analysis, clock)
                 x_hat = self.model.synthesize(coded["y_hat"]).cpu() if reconstruct else None
-                for j, i in enumerate(chunk):
-                    height, width = tensors[i].shape[-2:]
-                    data = bitstream.pack(bitstream.Bitstream(
-                        self.model_id, height, width, coded["shape"],
-                        tuple(strings[j] for strings in coded["strings"]),
-                    ))
-                    out[i] = (data, None if x_hat is None else x_hat[j, :, :height, :width])
+                with clock("pack"):
+                    streams = bitstream.pack_batch(self.model_id, sizes, coded)
+                for j, (i, (height, width)) in enumerate(zip(chunk, sizes)):
+                    out[i] = (streams[j], None if x_hat is None else x_hat[j, :, :height, :width],
+                              analysis.item(j) if analysed else None)
         return out
 
     def decode_batch(self, streams: list[bytes]) -> list[Image.Image]:

@@ -147,25 +147,22 @@ def _measure(codec: LearnedCodec, directory: Path, names: list[str], images: lis
 
 
 def _time_prior(codec: LearnedCodec, images: list[Image.Image], repeats: int) -> float:
-    """Best-of-``repeats`` seconds of ``_entropy_params`` over every image's z symbols: the one step in
+    """Best-of-``repeats`` seconds of ``entropy_parameters`` over every image's z symbols: the one step in
     which the two modes differ, timed without the transforms and the range coder around it."""
     import torch
 
     from latentzip.codecs.images import pad_to_multiple, to_rgb8, to_tensor
 
     model = codec.model
-    symbols = []
     with torch.no_grad():
-        for image in images:
-            x = pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(codec.device)
-            z = model.h_a(model._hyper_input(model.g_a(x)))
-            symbols.append(model.entropy_bottleneck.quantize(z, "symbols", model._z_medians()))
-        model._entropy_params(symbols[0])  # derivation and first-call costs stay out
+        symbols = [model.analyse(pad_to_multiple(to_tensor(to_rgb8(image))[None], model.stride).to(codec.device)).z_symbols
+                   for image in images]
+        model.entropy_parameters(symbols[0])  # derivation and first-call costs stay out
         best = math.inf
         for _ in range(max(1, repeats)):
             started = time.perf_counter()
             for z_symbols in symbols:
-                model._entropy_params(z_symbols)
+                model.entropy_parameters(z_symbols)
             best = min(best, time.perf_counter() - started)
     return best
 

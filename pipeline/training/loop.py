@@ -15,18 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from latentzip.codecs import bitstream
 from latentzip.codecs.hyperprior import ScaleHyperprior, build_model
-from latentzip.codecs.images import pad_to_multiple
+from latentzip.codecs.images import pad_to_multiple, to_tensor
+from latentzip.codecs.learned import LearnedCodec
+from latentzip.codecs.losses import bits_per_pixel, rate_distortion
 from latentzip.pipeline.training.checkpoints import _hardware, initialise, _restore, _runs, _save_checkpoint
 from latentzip.pipeline.training.config import TrainConfig
 from latentzip.pipeline.training.data import ImageSource, PatchSampler, _say, load_images
-
-
-def bits_per_pixel(likelihoods: dict, x: torch.Tensor) -> torch.Tensor:
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
-    return sum(-torch.log2(lik).sum() for lik in likelihoods.values()) / pixels
 
 
 def make_optimizers(module: torch.nn.Module, config: TrainConfig):
@@ -50,9 +47,8 @@ def train_step(model, module, x, optimizers, config: TrainConfig, world: int, st
             group["lr"] = base * config.lr_factor(step)
     net_opt.zero_grad(set_to_none=True)
     aux_opt.zero_grad(set_to_none=True)
-    out = model(x)
-    mse, bpp = F.mse_loss(out["x_hat"], x), bits_per_pixel(out["likelihoods"], x)
-    loss = config.lmbda * 255**2 * mse + bpp
+    rd = rate_distortion(model(x), x, config.lmbda)
+    loss, mse, bpp = rd["loss"], rd["mse"], rd["bpp"]
     loss.backward()
     if config.clip_max_norm > 0:
         torch.nn.utils.clip_grad_norm_(net_params, config.clip_max_norm)
@@ -89,18 +85,16 @@ def evaluate(module: ScaleHyperprior, images: list[torch.Tensor], lmbda: float) 
     coder = build_model(module.config)  # a copy with fresh entropy-coder tables; training state untouched
     coder.load_state_dict(module.state_dict())
     coder.update(force=True)
-    coder = coder.to(device).eval()
+    codec = LearnedCodec.from_model(coder, device=device)  # encoded as `encode` does, bpp from its bytes
     rows = []
     for image in images:
         x = image[None].float().div(255.0).to(device)
         height, width = x.shape[-2:]
         out = module(pad_to_multiple(x, module.stride))
         mse = F.mse_loss(out["x_hat"][..., :height, :width].clamp(0, 1), x).item()
-        coded = coder.compress(pad_to_multiple(x, coder.stride))
-        data = bitstream.pack(bitstream.Bitstream(bytes(bitstream.MODEL_ID_BYTES), height, width, coded["shape"],
-                                                  tuple(strings[0] for strings in coded["strings"])))
-        decoded = coder.synthesize(coded["y_hat"])[..., :height, :width]
-        real_mse = F.mse_loss(decoded.mul(255).round().div(255), x).item()
+        data, decoded = codec.encode_with_reconstruction([Image.fromarray(image.permute(1, 2, 0).cpu().numpy())])[0]
+        # contiguous, as the tensor this was computed from before: the sum order of the float32 MSE stays put
+        real_mse = F.mse_loss(to_tensor(decoded)[None].contiguous().to(device), x).item()
         rows.append((lmbda * 255**2 * mse + bits_per_pixel(out["likelihoods"], x).item(),
                      bits_per_pixel(out["likelihoods"], x).item(), 10 * math.log10(1.0 / max(mse, 1e-10)),
                      len(data) * 8 / (height * width), 10 * math.log10(1.0 / max(real_mse, 1e-10))))

@@ -117,10 +117,7 @@ def test_decode_with_another_memory_layout(codec_dir, sample_images):
 
 def _z_symbols(codec: LearnedCodec, images) -> torch.Tensor:
     x = torch.cat([pad_to_multiple(to_tensor(image)[None], 64) for image in images])
-    with torch.no_grad():
-        y = codec.model.g_a(x)
-        z = codec.model.h_a(codec.model._hyper_input(y))
-        return codec.model.entropy_bottleneck.quantize(z, "symbols", codec.model._z_medians())
+    return codec.model.analyse(x).z_symbols
 
 
 def test_integer_prior_ignores_batch_layout_and_threads(codec_dir, sample_images):
@@ -176,8 +173,8 @@ def test_integer_prior_agrees_with_float_prior_almost_everywhere(codec_dir, samp
     integer = LearnedCodec.from_path(codec_dir)
     floating = integer.with_entropy_params("float")
     z = _z_symbols(integer, _variety(sample_images)[:7] + sample_images[1:])  # all padded to 128x128
-    int_indexes, int_means = integer.model._entropy_params(z)
-    float_indexes, float_means = floating.model._entropy_params(z)
+    int_indexes, int_means = integer.model.entropy_parameters(z)
+    float_indexes, float_means = floating.model.entropy_parameters(z)
     assert (int_indexes - float_indexes).abs().max() <= 1
     assert (int_indexes == float_indexes).float().mean() > 0.99
     if int_means is not None:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from latentzip.codecs import generative
 from latentzip.codecs.checkpoint import export_codec, load_model
+from latentzip.codecs.entropy_coding import table_frequencies
 from latentzip.codecs.generative import analyse, fit_to, interpolate, sample_latents, sample_prior
 from latentzip.codecs.registry import load_codec
 from latentzip.jobs import cli
@@ -73,7 +74,7 @@ def test_temperature_zero_is_the_prior_mode_for_every_seed(codec):
 def test_sampled_hyper_latents_follow_the_coder_tables(tiny_codec_dir):
     bottleneck = load_codec(tiny_codec_dir).model.entropy_bottleneck
     symbols = generative._sample_z_symbols(bottleneck, (64, 64), torch.Generator().manual_seed(0), 1.0)
-    frequencies = generative._table_frequencies(bottleneck)
+    frequencies = table_frequencies(bottleneck)
     lengths = bottleneck._cdf_length.long() - 2
     offsets = bottleneck._offset.long()
     for channel in range(bottleneck.channels):
@@ -119,22 +120,6 @@ def test_analyse_gives_the_encoded_bytes_and_rates_that_add_up(codec, sample_ima
         assert rates.rate_map().shape == (math.ceil(image.height / 16), math.ceil(image.width / 16))
         groups = rates.group_bpp(4)
         assert len(groups) == 4 and sum(groups) == pytest.approx(float(rates.y_bits.sum()) / rates.pixels)
-
-
-def test_code_lengths_are_the_coder_table_costs(tiny_codec_dir):
-    bottleneck = load_codec(tiny_codec_dir).model.entropy_bottleneck
-    frequencies = generative._table_frequencies(bottleneck)
-    offset, table_width = int(bottleneck._offset[0]), int(bottleneck._cdf_length[0]) - 2
-    assert int(frequencies[0].sum()) == 2**16
-    inside = [offset + v for v in range(table_width)]
-    far_out = [offset + table_width + 1000, offset - 1000]
-    symbols = torch.tensor([inside + far_out])[:, :, None, None]
-    bits = generative.code_lengths(bottleneck, symbols, torch.zeros_like(symbols)).flatten().tolist()
-    for v in range(table_width):
-        assert bits[v] == pytest.approx(16 - math.log2(int(frequencies[0, v])))
-    escape = 16 - math.log2(int(frequencies[0, table_width]))
-    # A value 1000 outside its table: the escape symbol plus 3 nibbles of raw value and one counting them.
-    assert bits[-2] == pytest.approx(escape + 16) and bits[-1] == pytest.approx(escape + 16)
 
 
 def test_sample_command_is_deterministic(tiny_codec_dir, tmp_path, capsys):

@@ -53,15 +53,15 @@ def test_export_stores_the_plan_under_the_model_id_and_loading_uses_it(codec_cop
     assert_same_prior(codec.model.integer_prior(), fresh_prior(codec.model))
 
     # The plan is what loading reads: no search happens while it is used.
-    from latentzip.codecs import integer_prior
+    from latentzip.codecs import prior_scales
 
     def no_search(*args, **kwargs):
         raise AssertionError("searched although a plan was stored")
-    original, integer_prior._search_layers = integer_prior._search_layers, no_search
+    original, prior_scales.search_layers = prior_scales.search_layers, no_search
     try:
         model, _ = load_model(codec_copy)
     finally:
-        integer_prior._search_layers = original
+        prior_scales.search_layers = original
     assert model.integer_prior().plan() == document[PRIOR_KEY]["plan"]
 
     # But it is a hint, never trusted: its bounds are proven again, and a false one (still below 2**53) is

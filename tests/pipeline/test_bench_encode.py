@@ -22,7 +22,7 @@ def test_bench_encode_smoke(tiny_codec_dir, tmp_path, _sample_image_cache, capsy
     for path in document["paths"]:
         assert path["images"] == 3 and path["images_per_s"] > 0 and path["num_bytes"] > 0
         assert len(path["runs"]) == 2
-    # The profile replays the encoder stage by stage (its bytes checked against encode_batch's).
+    # The profile times the encoder's own path stage by stage (its bytes checked against encode_batch's).
     assert [p["precision"] for p in document["profiles"]] == ["fp32", "bf16"]
     for profile in document["profiles"]:
         assert list(profile["seconds"]) == ["decode", "pad", "g_a", "h_a", "z coding", "h_s", "y coding", "pack",

@@ -111,7 +111,7 @@ def _y_indexes(codec: LearnedCodec, z_string: bytes, shape) -> torch.Tensor:
     model = codec.model
     z_size = (1, model.entropy_bottleneck.channels, *shape)
     z = decode_symbols(model.entropy_bottleneck, [z_string], EntropyBottleneck._build_indexes(z_size))
-    return model._entropy_params(z)[0].flatten().long()
+    return model.entropy_parameters(z)[0].flatten().long()
 
 
 def _still_valid(codec: LearnedCodec, stream, z_string: bytes) -> bool:
