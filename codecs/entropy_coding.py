@@ -63,9 +63,7 @@ class _Tables:
         model._check_cdf_size()
         model._check_cdf_length()
         model._check_offsets_size()
-        problem = check_tables(model._quantized_cdf, model._cdf_length, model._offset)
-        if problem:
-            raise ValueError(f"entropy-coder tables unusable by the range coder: {problem}")
+        require_usable(model)
         cdf_length = model._cdf_length.reshape(-1).to("cpu", torch.int64)
         offset = model._offset.reshape(-1).to("cpu", torch.int64)
         return cls(model._quantized_cdf.tolist(), cdf_length, offset, cdf_length.tolist(), offset.tolist())
@@ -75,6 +73,15 @@ class _Tables:
         if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.cdf)):
             raise ValueError(f"table indexes {int(indexes.min())}..{int(indexes.max())} outside the "
                              f"{len(self.cdf)} tables")
+
+
+def require_usable(*models: EntropyModel) -> None:
+    """Raise a ValueError unless every model's tables are what the range coder needs (:func:`check_tables`):
+    before the coder, and before anything derived from the tables (the prior's parameters) is computed."""
+    for model in models:
+        problem = check_tables(model._quantized_cdf, model._cdf_length, model._offset)
+        if problem:
+            raise ValueError(f"entropy-coder tables unusable by the range coder: {problem}")
 
 
 def check_tables(cdf: torch.Tensor, cdf_length: torch.Tensor, offset: torch.Tensor) -> str | None:

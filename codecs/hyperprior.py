@@ -42,7 +42,7 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import nn
 
-from latentzip.codecs.entropy_coding import decode_symbols, encode_symbols
+from latentzip.codecs.entropy_coding import decode_symbols, encode_symbols, require_usable
 from latentzip.codecs.integer_prior import BACKEND_LOCK, FixedPointHyperSynthesis, native_cpu_convolutions
 
 ARCHITECTURES = ("scale-hyperprior", "mean-scale-hyperprior")
@@ -253,6 +253,7 @@ class ScaleHyperprior(CompressionModel):
         """The symbols and entropy parameters of latents ``y`` and hyper-latents ``z`` (any values: those of
         :meth:`latents`, or blends of them), exactly as :meth:`compress` codes them."""
         clock = clock or _no_clock
+        require_usable(self.entropy_bottleneck, self.gaussian_conditional)  # tables edited after loading
         with clock("z coding"):
             z_symbols = self.entropy_bottleneck.quantize(z, "symbols", self._z_medians())
         with clock("h_s"):
