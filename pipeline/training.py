@@ -50,6 +50,7 @@ from latentzip.codecs import bitstream
 from latentzip.codecs.checkpoint import export_codec
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.images import UnsupportedImageError, load_image, pad_to_multiple
+from latentzip.codecs.registry import ARCHITECTURES
 from latentzip.pipeline import storage
 from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, InputFileError, read_file, resolve_input, split_names
 from latentzip.pipeline.raycluster import cluster_cpus, ensure_ray
@@ -91,14 +92,25 @@ class TrainConfig:
     gpus_per_worker: float = 1.0  # below 1 when several trials of a sweep share a GPU
     precision: str = "fp32"  # "bf16": g_a/g_s convolutions under bf16 autocast (GDN, hyperprior, rate in fp32)
     lr_rsqrt_from: int = 0  # > 0: the learning rate also falls as sqrt(lr_rsqrt_from / step) past that step
+    # arch "gaussian-vae" (codecs/gaussian_vae.py; pipeline/training_vae.py): its architecture, and the loss
+    # -ELBO with beta on the KL term, ramped up linearly over the first kl_warmup steps. It trains on whole
+    # images resized to image_size (patch_size, min_scale, lmbda, aux_lr and clip_max_norm do not apply).
+    latent_dims: int = 16
+    width: int = 32
+    hidden: int = 256
+    image_size: int = 16
+    channels: int = 1
+    decoder: str = "bernoulli"
+    beta: float = 1.0
+    kl_warmup: int = 0
 
     def __post_init__(self):
-        CodecConfig(self.arch, self.N, self.M)  # validates arch and widths
+        codec_config = self.codec_config  # validates arch and widths
         for name in ("batch_size", "patch_size", "steps", "checkpoint_every", "log_every", "num_workers",
                      "max_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.patch_size % ScaleHyperprior.stride:
+        if isinstance(codec_config, CodecConfig) and self.patch_size % ScaleHyperprior.stride:
             raise ValueError(f"patch_size must be a multiple of {ScaleHyperprior.stride}, got {self.patch_size}")
         if not 0 < self.min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
@@ -113,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr_rsqrt_from < 0:
             raise ValueError(f"lr_rsqrt_from must not be negative, got {self.lr_rsqrt_from}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)) or self.kl_warmup < 0:
+            raise ValueError(f"beta must be a finite number >= 0 and kl_warmup >= 0, got {self.beta}, {self.kl_warmup}")
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier at ``step``: ``lr_decay`` once for every decay point passed, and with
@@ -129,7 +143,13 @@ class TrainConfig:
         return step % self.checkpoint_every == 0 or step == self.steps
 
     @property
-    def codec_config(self) -> CodecConfig:
+    def codec_config(self):
+        """The architecture's typed config (codecs/registry.py: ``ARCHITECTURES``)."""
+        if ARCHITECTURES.get(self.arch) == "generative":
+            from latentzip.codecs.gaussian_vae import GaussianVAEConfig
+
+            return GaussianVAEConfig(self.arch, self.latent_dims, self.width, self.hidden, self.image_size,
+                                     self.channels, self.decoder)
         return CodecConfig(self.arch, self.N, self.M)
 
     def to_dict(self) -> dict:
@@ -418,7 +438,7 @@ def _save_checkpoint(directory: Path, module, optimizers, state: dict, history: 
 
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
               str(directory / WEIGHTS))
-    torch.save({"net": optimizers[0].state_dict(), "aux": optimizers[1].state_dict(), "step": state["step"]},
+    torch.save({**{name: opt.state_dict() for name, opt in zip(("net", "aux"), optimizers)}, "step": state["step"]},
                directory / OPTIMIZER)
     (directory / STATE).write_text(json.dumps(state, indent=2) + "\n")
     (directory / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in history))
@@ -444,8 +464,8 @@ def _restore(module, optimizers) -> tuple[dict, list[dict]]:
         weights, state, history = read_checkpoint(directory)
         module.load_state_dict(weights)  # CompressAI's: resizes the entropy-coder buffers first
         saved = torch.load(Path(directory) / OPTIMIZER, weights_only=True)
-    optimizers[0].load_state_dict(saved["net"])
-    optimizers[1].load_state_dict(saved["aux"])
+    for name, optimizer in zip(("net", "aux"), optimizers):
+        optimizer.load_state_dict(saved[name])
     return state, history
 
 
@@ -462,7 +482,8 @@ RUN_SETTINGS = ("lmbda", "lr", "aux_lr", "lr_decay", "lr_rsqrt_from", "batch_siz
                 "clip_max_norm", "precision")
 
 
-def _runs(state: dict, config: TrainConfig, start: int, world: int, device, optimizer: str = "continued") -> list[dict]:
+def _runs(state: dict, config: TrainConfig, start: int, world: int, device, optimizer: str = "continued",
+          settings: tuple[str, ...] = RUN_SETTINGS) -> list[dict]:
     """The runs that led to this checkpoint, this one last. The learning-rate schedule is a function of
     the run's total ``steps``, so a resume with a larger ``steps`` is a new run (its own schedule), while
     rerunning the same command or a worker-group restart continues the last one. ``optimizer`` says
@@ -471,7 +492,7 @@ def _runs(state: dict, config: TrainConfig, start: int, world: int, device, opti
     runs = [dict(run) for run in state.get("runs", [])]
     if not runs or runs[-1]["to_step"] != config.steps:
         runs.append({"from_step": start, "to_step": config.steps, "last_step": start, "train_time_s": 0.0,
-                     **{name: getattr(config, name) for name in RUN_SETTINGS},
+                     **{name: getattr(config, name) for name in settings},
                      "lr_decay_at": list(config.lr_decay_at), "num_workers": world, "device": str(device),
                      "optimizer": optimizer})
     return runs
@@ -480,13 +501,15 @@ def _runs(state: dict, config: TrainConfig, start: int, world: int, device, opti
 def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
     """What ``train(init_from=...)`` passes to the workers: the weights file and the steps already done."""
     from latentzip.codecs.checkpoint import WEIGHTS_FILE, read_card
-    from latentzip.codecs.hyperprior import CodecConfig
-    from latentzip.codecs.registry import fetch_codec
+    from latentzip.codecs.registry import config_from_dict, fetch_codec
 
     remote = storage.is_url(codec_dir)
     document = read_card(fetch_codec(str(codec_dir)) if remote else codec_dir)
-    stored = CodecConfig.from_dict(document["config"])
-    if (stored.arch, stored.N, stored.M) != (config.arch, config.N, config.M):
+    stored = config_from_dict(document["config"])
+    if not isinstance(stored, CodecConfig) or not isinstance(config.codec_config, CodecConfig):
+        if stored != config.codec_config:
+            raise ValueError(f"{codec_dir} is {stored}; this run is {config.codec_config}")
+    elif (stored.arch, stored.N, stored.M) != (config.arch, config.N, config.M):
         raise ValueError(f"{codec_dir} is {stored.arch} N={stored.N} M={stored.M}; this run is "
                          f"{config.arch} N={config.N} M={config.M}")
     card = document.get("card") or {}
@@ -548,12 +571,12 @@ def train_worker(loop_config: dict) -> dict:
     if device.type == "cuda":  # TF32 matmuls and convolutions: the GPU's fast path for fp32 training
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
+    objective = objective_for(config)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    module = build_model(config.codec_config)
-    module.transform_dtype = torch.bfloat16 if config.precision == "bf16" else None
+    module = objective.build(config)
     model = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
     module = model.module if hasattr(model, "module") else model
-    optimizers = _optimizers(module, config)
+    optimizers = objective.optimizers(module, config)
     state, history = _restore(module, optimizers)
     optimizer = "continued" if state["step"] > 0 else "fresh"
     if state["step"] == 0 and loop_config.get("init"):
@@ -561,19 +584,20 @@ def train_worker(loop_config: dict) -> dict:
     start = state["step"]
     if start >= config.steps:
         return {"start_step": start}
-    runs = _runs(state, config, start, world, device, optimizer)
+    runs = _runs(state, config, start, world, device, optimizer, objective.run_settings)
 
     images = load_images(ImageSource(**loop_config["data"]), rank, world, config.max_side)
     val_images = load_images(ImageSource(**loop_config["val"]), max_side=config.max_side) \
         if loop_config["val"] and rank == 0 else []
     # Seeded by step too, so a resumed run does not replay the crops it has already trained on.
     rng = np.random.default_rng([config.seed, rank, start])
-    sampler = PatchSampler(images, config.patch_size, config.min_scale, rng)
+    sampler = objective.sampler(images, config, rng)
     hardware = _hardware(device, loop_config["threads"])
-    sums, count, tick, train_time = torch.zeros(4, device=device), 0, time.perf_counter(), state["train_time_s"]
+    width = len(objective.metrics)
+    sums, count, tick, train_time = torch.zeros(width, device=device), 0, time.perf_counter(), state["train_time_s"]
 
     for step in range(start + 1, config.steps + 1):
-        sums += _train_step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world, step)
+        sums += objective.step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world, step)
         count += 1
         validate = config.validate_every and step % config.validate_every == 0
         save = config.checkpoints_at(step)
@@ -583,16 +607,16 @@ def train_worker(loop_config: dict) -> dict:
         # are what the run really achieves. Validation is left out (its time is in the row, as val_s).
         now = time.perf_counter()
         elapsed, tick = now - tick, now
-        row = {"step": step, **_summarise(sums, count, world), "steps_per_s": count / elapsed}
+        row = {"step": step, **objective.summarise(sums, count, world), "steps_per_s": count / elapsed}
         if validate and rank == 0:
-            row.update(evaluate(module, val_images, config.lmbda))
+            row.update(objective.evaluate(module, val_images, config))
             row["val_s"] = time.perf_counter() - now
             tick += row["val_s"]
         train_time += elapsed
         runs[-1]["last_step"], runs[-1]["train_time_s"] = step, runs[-1]["train_time_s"] + elapsed
         history.append(row)
         if rank == 0:
-            _say(_progress_line(row, config.steps, config.lmbda))
+            _say(objective.progress_line(row, config))
         if save or validate:
             # ray.train.report is a barrier across workers that returns at the controller's next poll
             # (see _trainer): once per checkpoint or validation, not per logged row. The rows in between
@@ -600,8 +624,49 @@ def train_worker(loop_config: dict) -> dict:
             state = {"step": step, "train_time_s": train_time, "world_size": world, "hardware": hardware,
                      "runs": runs}
             _report(row, rank, (module, optimizers, state, history) if save else None)
-        sums, count = torch.zeros(4, device=device), 0
+        sums, count = torch.zeros(width, device=device), 0
     return {"start_step": start}  # rank 0's return value reaches the driver as Result.return_value
+
+
+class HyperpriorObjective:
+    """What the loop does for a hyperprior codec: ``lmbda * 255**2 * MSE + bpp`` on random patches, plus the
+    aux loss. Each architecture has one such object (the gaussian-vae's is in training_vae.py): how to build
+    the model, its optimisers, its batches, one step (returning detached ``metrics``), their summary, the
+    validation and the progress line."""
+
+    metrics = ("loss", "mse", "bpp", "aux_loss")
+    run_settings = RUN_SETTINGS
+
+    @staticmethod
+    def build(config: TrainConfig) -> ScaleHyperprior:
+        module = build_model(config.codec_config)
+        module.transform_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        return module
+
+    optimizers = staticmethod(_optimizers)
+    step = staticmethod(_train_step)
+    summarise = staticmethod(_summarise)
+
+    @staticmethod
+    def sampler(images, config: TrainConfig, rng) -> PatchSampler:
+        return PatchSampler(images, config.patch_size, config.min_scale, rng)
+
+    @staticmethod
+    def evaluate(module, images, config: TrainConfig) -> dict:
+        return evaluate(module, images, config.lmbda)
+
+    @staticmethod
+    def progress_line(row: dict, config: TrainConfig) -> str:
+        return _progress_line(row, config.steps, config.lmbda)
+
+
+def objective_for(config: TrainConfig):
+    """The training objective of ``config.arch`` (see :class:`HyperpriorObjective`)."""
+    if ARCHITECTURES.get(config.arch) == "generative":
+        from latentzip.pipeline.training_vae import VAEObjective
+
+        return VAEObjective
+    return HyperpriorObjective
 
 
 # -- the driver -------------------------------------------------------------------------------------
@@ -677,7 +742,7 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
     with result.checkpoint.as_directory() as directory:
         weights, state, history = read_checkpoint(directory)
 
-    model = build_model(config.codec_config)
+    model = objective_for(config).build(config)
     model.load_state_dict(weights)
     storage.write_bytes(storage.join(out_dir, HISTORY), "".join(json.dumps(row) + "\n" for row in history).encode())
     final = history[-1] if history else {}
