@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     digits.add_argument("--temperature", type=float, default=1.0, help="scale of the prior (default 1)")
     digits.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     digits.add_argument("--threshold", type=float, default=0.9, help="confidence threshold (default 0.9)")
-    digits.add_argument("--classifier", choices=("logreg", "mlp"), default="logreg",
-                        help="scikit-learn logistic regression or a one-hidden-layer MLP (default logreg)")
+    digits.add_argument("--classifier", choices=("logreg", "mlp"), default="mlp",
+                        help="scikit-learn one-hidden-layer MLP, or logistic regression (default mlp: logistic regression gives "
+                             "only 73 %% of the real held-out digits probability >= 0.9)")
     digits.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
     decode = benchmarks.add_parser("decode", help="one-id decode vs bare model decode; bytes per lookup; batch images/s",
                                    description="One-id decode from a 10,000-image archive against the bare model decode "

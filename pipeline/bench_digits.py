@@ -36,7 +36,7 @@ SCORES = ("neg_elbo_bpp", "pca_error", "png_bpp")
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "C:/Windows/Fonts")
 
 
-def classifier(kind: str = "logreg", seed: int = 0):
+def classifier(kind: str = "mlp", seed: int = 0):
     """A scikit-learn classifier of 64-pixel digits in [0, 1]."""
     if kind == "logreg":
         from sklearn.linear_model import LogisticRegression
@@ -98,7 +98,7 @@ class DigitsBenchmark:
 
 
 def digits_benchmark(model_ref: str, samples: int = 1000, temperature: float = 1.0, seed: int = 0,
-                     threshold: float = 0.9, kind: str = "logreg") -> DigitsBenchmark:
+                     threshold: float = 0.9, kind: str = "mlp") -> DigitsBenchmark:
     from latentzip.codecs.registry import load_generative
     from latentzip.codecs.vae_generative import sample_tensor
 

@@ -193,9 +193,9 @@ def _generative_card(name: str, document: dict) -> str:
         f"| time | {card.get('train_time_s', 0) / 60:.1f} min of training steps |",
         f"| hardware | {hardware.get('device', '?')}, {hardware.get('torch_threads', '?')} thread(s) per worker, "
         f"torch {hardware.get('torch', '?')} |",
-        "| recipe | loss -ELBO, " + ", ".join(f"{key} {training[key]}" for key in
-                                             ("beta", "kl_warmup", "lr", "lr_decay_at", "lr_decay", "batch_size")
-                                             if key in training) + " per worker |",
+        "| recipe | loss -ELBO, " + ", ".join(f"{key} {training[key]}" + (" per worker" if key == "batch_size" else "")
+                                             for key in ("beta", "kl_warmup", "lr", "lr_decay_at", "lr_decay",
+                                                         "batch_size") if key in training) + " |",
     ]
     if runs:
         lines.append("| runs | " + "; ".join(f"steps {run['from_step']}→{run.get('last_step', run['to_step'])} on "

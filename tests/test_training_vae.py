@@ -68,7 +68,7 @@ def test_sample_interpolate_score_and_benches_on_the_trained_model(trained, digi
                        "--out", str(tmp_path / "scores")]) == 0
     rows = pq.read_table(tmp_path / "scores" / "rows.parquet").to_pylist()
     assert len(rows) == 30 and all(np.isfinite(r["neg_elbo_bpp"]) and r["neg_elbo_bpp"] > 0 for r in rows)
-    assert bench.main(["digits", "--model", codec, "-n", "50", "--out", str(tmp_path / "d.json")]) == 0
+    assert bench.main(["digits", "--model", codec, "-n", "50", "--classifier", "logreg", "--out", str(tmp_path / "d.json")]) == 0
     result = json.loads((tmp_path / "d.json").read_text())
     assert sum(result["histogram"]) == 50 and result["test_accuracy"] >= 0.95
     assert bench.main(["anomaly", "--model", codec, "--out", str(tmp_path / "a.json")]) == 0
