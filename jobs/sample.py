@@ -98,7 +98,7 @@ def _sample_vae(args) -> int:
         model, card = load_generative(args.model, "sampling")
         model = model.to(args.device)
         images = sample_images(model, args.count, seed=args.seed, temperature=args.temperature, scale=args.scale)
-        manifold = manifold_grid(model, args.manifold, args.scale, gap=0) if args.manifold is not None else None
+        manifold = manifold_grid(model, args.manifold, args.scale, gap=2) if args.manifold is not None else None
     except ValueError as exc:  # UnknownCodecError and CheckpointError are ValueErrors
         print(f"latentzip sample: error: {exc}", file=sys.stderr)
         return 2
