@@ -1,5 +1,5 @@
-"""gaussian-vae through the pipeline: digits exported, a 2-worker Ray Train run whose -ELBO falls and which
-resumes, then every command on the trained model, and the commands that refuse it."""
+"""gaussian-vae through the pipeline: digits exported, a 2-worker Ray Train run whose -ELBO falls, then every
+command on the trained model, and the commands that refuse it."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def test_datasets_digits_exports_a_stratified_split(digits):
     assert sorted(p.name for p in (digits / "test").iterdir()) == [str(d) for d in range(10)]
 
 
-def test_two_worker_run_lowers_the_elbo_and_resumes(trained, digits):
+def test_two_worker_run_lowers_the_elbo(trained):
+    # Resuming is training.py's, shared with the hyperprior (test_training.py); a second fit here cost ~60 s.
     out, result = trained
     rows = _rows(result.metrics_path)
     assert [row["step"] for row in rows] == list(range(10, 61, 10))
@@ -51,9 +52,7 @@ def test_two_worker_run_lowers_the_elbo_and_resumes(trained, digits):
     assert rows[-1]["neg_elbo_bpp"] < 0.8 * rows[0]["neg_elbo_bpp"], rows
     card = json.loads((Path(result.codec_dir) / "codec.json").read_text())
     assert card["config"]["arch"] == "gaussian-vae" and card["card"]["num_workers"] == 2
-    more = train(digits / "train", out, TrainConfig(steps=70, **TINY))
-    assert more.start_step == 60 and more.steps == 70
-    assert _rows(more.metrics_path)[: len(rows)] == rows
+    assert (out / "ray" / "train").is_dir()  # Ray Train's checkpoints, what a rerun resumes from
 
 
 def test_sample_interpolate_score_and_benches_on_the_trained_model(trained, digits, tmp_path, capsys):
