@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from latentzip.codecs.bitstream import MODEL_ID_BYTES
 from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,  # noqa: F401 - re-exported
                                    CheckpointError, read_card)
+from latentzip.codecs.gaussian_vae import GaussianVAE, GaussianVAEConfig
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.integer_prior import FixedPointOverflowError
 from latentzip.codecs.validation import check_config, read_weights
@@ -91,10 +92,14 @@ def store_integer_prior(directory: str | Path) -> dict | None:
 
 
 def export_codec(model: ScaleHyperprior, directory: str | Path, card: dict | None = None) -> bytes:
-    """Refresh the entropy-coder tables and write a loadable codec directory. Returns the model id."""
+    """Refresh the entropy-coder tables and write a loadable codec directory. Returns the model id.
+    A :class:`~latentzip.codecs.gaussian_vae.GaussianVAE` (no entropy coder) is written the same way,
+    without tables or integer prior."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    if isinstance(model, GaussianVAE):
+        return _export_vae(model, directory, card)
     model.update(force=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     mid = model_id(model.config, state)
@@ -123,6 +128,9 @@ def load_model(directory: str | Path, entropy_params: str | None = None) -> tupl
     directory = Path(directory)
     document = read_card(directory)
     config = check_config(document["config"], str(directory / CONFIG_FILE))
+    if isinstance(config, GaussianVAEConfig):
+        raise CheckpointError(f"{directory} holds a {config.arch}, a generative VAE with no entropy coder: it "
+                              f"writes no bitstreams (it samples, interpolates and scores; see load_vae)")
     if entropy_params not in (None, "integer", "float"):
         raise ValueError(f"entropy_params must be 'integer' or 'float', got {entropy_params!r}")
     weights = directory / WEIGHTS_FILE
@@ -141,6 +149,34 @@ def load_model(directory: str | Path, entropy_params: str | None = None) -> tupl
         raise CheckpointError(f"{directory}: the prior cannot be computed in exact integers: {exc}") from exc
     except ValueError as exc:
         raise CheckpointError(f"{directory}: the prior cannot be built: {exc}") from exc
+
+
+def _export_vae(model: GaussianVAE, directory: Path, card: dict | None) -> bytes:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    mid = model_id(model.config, state)
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"model_id": mid.hex()})
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": mid.hex(),
+                "config": model.config.to_dict(), "card": card or {}}
+    (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return mid
+
+
+def load_vae(directory: str | Path) -> tuple[GaussianVAE, dict]:
+    """Load a gaussian-vae folder written by :func:`export_codec`: ``(model in eval mode, card)``, every value
+    checked first (validation.py), as for codecs."""
+    directory = Path(directory)
+    document = read_card(directory)
+    config = check_config(document["config"], str(directory / CONFIG_FILE))
+    if not isinstance(config, GaussianVAEConfig):
+        raise CheckpointError(f"{directory} holds a {config.arch} codec, not a generative VAE")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
+    model, state = read_weights(weights, config)
+    if model_id(config, state).hex() != document["model_id"]:
+        raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
+    model.load_state_dict(state)
+    return model.eval(), document
 
 
 def switch_entropy_params(model: ScaleHyperprior, card: dict, entropy_params: str) -> tuple[ScaleHyperprior, dict]:

@@ -28,14 +28,97 @@ ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 DEFAULT_ZOO_MODEL = "mean-scale-q5"
 
 
+#: The one table of learned architectures: name -> what its folders can do. ``"codec"``: an entropy coder
+#: (encode, decode, archives, report, bench rd) and a prior to sample from; ``"generative"``: a VAE with no
+#: entropy coder, which samples, interpolates and scores but writes no bitstreams (codecs/gaussian_vae.py).
+ARCHITECTURES = {"scale-hyperprior": "codec", "mean-scale-hyperprior": "codec", "gaussian-vae": "generative"}
+
+
 class UnknownCodecError(ValueError):
     """The name is neither a known codec, a zoo model, nor a codec directory."""
 
 
-def zoo_models() -> dict[str, Path]:
+class NotACodecError(ValueError):
+    """A learned model that writes no bitstreams (a generative architecture) was given to a job that encodes."""
+
+
+def config_from_dict(data: dict):
+    """The typed config of a card's ``config``: a :class:`~latentzip.codecs.hyperprior.CodecConfig` or a
+    :class:`~latentzip.codecs.gaussian_vae.GaussianVAEConfig`, by its ``arch``."""
+    arch = data.get("arch", "scale-hyperprior") if isinstance(data, dict) else None
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r:.40}; choose one of {', '.join(ARCHITECTURES)}")
+    if ARCHITECTURES[arch] == "generative":
+        from latentzip.codecs.gaussian_vae import GaussianVAEConfig
+
+        return GaussianVAEConfig.from_dict(data)
+    from latentzip.codecs.hyperprior import CodecConfig
+
+    return CodecConfig.from_dict(data)
+
+
+def architecture(name_or_path: str | Path) -> str | None:
+    """The architecture a learned model's card names (reading ``codec.json`` only), or None for a classical
+    codec, a name that is not a codec, or a card without one (those are refused where they are loaded)."""
+    from latentzip.codecs.card import read_card
+
+    name = str(name_or_path)
+    if is_classical(name):
+        return None
+    path = codec_directory(name)
+    try:
+        if isinstance(path, str):  # a URL: its codec.json alone, not the weights
+            import json
+
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(path)
+            config = json.loads(fs.cat_file(f"{root}/{CONFIG_FILE}"))["config"]
+        else:
+            config = read_card(path)["config"]
+        arch = config.get("arch", "scale-hyperprior")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return arch if isinstance(arch, str) else None
+
+
+def is_generative(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` is a learned model that samples and scores but writes no bitstreams."""
+    return ARCHITECTURES.get(architecture(name_or_path)) == "generative"
+
+
+def refuse_generative(name_or_path: str | Path, purpose: str) -> None:
+    """Raise :class:`NotACodecError` if ``name_or_path`` is a generative model: ``purpose`` (e.g. ``"encode"``)
+    needs bitstreams, which such a model does not write."""
+    arch = architecture(name_or_path)
+    if ARCHITECTURES.get(arch) == "generative":
+        raise NotACodecError(
+            f"{purpose} needs an entropy-coded codec; {str(name_or_path)!r} is a {arch} (a generative VAE with no "
+            f"entropy coder: it writes no bitstreams). Use it with sample, interpolate, score or bench anomaly/digits")
+
+
+def load_generative(name_or_path: str | Path, purpose: str):
+    """A generative model (``(GaussianVAE in eval mode, card)``) by zoo name, directory or URL; anything else
+    is refused with a ValueError saying that ``purpose`` needed one."""
+    from latentzip.codecs.checkpoint import load_vae
+
+    name = str(name_or_path)
+    if not is_generative(name):
+        check_codec_name(name)
+        raise ValueError(f"{purpose} needs a generative model (architecture gaussian-vae); {name!r} is not one")
+    path = codec_directory(name)
+    return load_vae(fetch_codec(path) if isinstance(path, str) else path)
+
+
+def zoo_models(kind: str | None = None) -> dict[str, Path]:
+    """The zoo's models by name; ``kind`` (``"codec"`` or ``"generative"``, see :data:`ARCHITECTURES`) keeps
+    those whose ``codec.json`` names an architecture of that kind."""
     if not ZOO_DIR.is_dir():
         return {}
-    return {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
+    models = {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / CONFIG_FILE).is_file()}
+    if kind is None:
+        return models
+    return {name: path for name, path in models.items() if ARCHITECTURES.get(architecture(path)) == kind}
 
 
 def is_remote(name: str | Path) -> bool:
@@ -113,6 +196,7 @@ def load_learned_codec(name_or_path: str | Path, purpose: str, **options):
     saying which job (``purpose``, e.g. ``"encode"``) needed one."""
     if is_classical(str(name_or_path)):
         raise ValueError(f"{purpose} needs a learned codec, got classical codec {str(name_or_path)!r}")
+    refuse_generative(name_or_path, purpose)
     return load_codec(name_or_path, **options)
 
 
@@ -120,7 +204,8 @@ def load_codec(name_or_path: str | Path, **options):
     """Return a codec with ``encode(PIL.Image) -> bytes`` and ``decode(bytes) -> PIL.Image``.
 
     Options: ``quality`` for classical codecs; ``device``, ``max_batch`` and ``entropy_params``
-    (``"integer"``, the default, or ``"float"``) for learned ones.
+    (``"integer"``, the default, or ``"float"``) for learned ones. A generative model (``gaussian-vae``)
+    writes no bitstreams and is refused with :class:`NotACodecError` (load it with :func:`load_generative`).
     """
     from latentzip.codecs.learned import LearnedCodec
 
@@ -129,6 +214,7 @@ def load_codec(name_or_path: str | Path, **options):
         from latentzip.codecs.classical import ClassicalCodec
 
         return ClassicalCodec(name, **options)
+    refuse_generative(name, "load_codec")
     zoo = zoo_models()
     if name in zoo:
         return LearnedCodec.from_path(zoo[name], name=name, **options)

@@ -16,6 +16,11 @@ it. So :func:`read_weights` checks, in this order, each before anything costs me
    (:func:`~latentzip.codecs.entropy_coding.check_tables`).
 
 Anything else raises :class:`~latentzip.codecs.card.CheckpointError` naming the file and the tensor.
+
+A ``gaussian-vae`` folder (codecs/gaussian_vae.py) is checked against its own architecture: the config's
+values within :data:`~latentzip.codecs.gaussian_vae.LIMITS` before any model is built (a model within them
+holds at most a few tens of MB), then every tensor of a model built for the config present, none extra, of
+the right dtype and shape, and every value finite. It has no coder tables.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import torch
 
 from latentzip.codecs.card import CheckpointError
 from latentzip.codecs.entropy_coding import PRECISION, check_tables
+from latentzip.codecs.gaussian_vae import ARCH as VAE_ARCH
+from latentzip.codecs.gaussian_vae import LIMITS as VAE_LIMITS
+from latentzip.codecs.gaussian_vae import GaussianVAE, GaussianVAEConfig
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 
 #: Widest hidden or latent layer a codec folder may declare (published hyperpriors use at most 320; a
@@ -51,6 +59,8 @@ def check_config(data, where: str) -> CodecConfig:
     within bounds (checked before any model of it is built)."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{where}: config must be a JSON object, got {type(data).__name__}")
+    if data.get("arch") == VAE_ARCH:
+        return check_vae_config(data, where)
     for key in ("N", "M"):
         value = data.get(key, getattr(CodecConfig, key))
         if type(value) is not int:
@@ -64,6 +74,57 @@ def check_config(data, where: str) -> CodecConfig:
         return CodecConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: {exc}") from exc
+
+
+def check_vae_config(data: dict, where: str) -> GaussianVAEConfig:
+    """The :class:`GaussianVAEConfig` of a card's ``config``, every number an integer within its bounds."""
+    for key, (low, high) in VAE_LIMITS.items():
+        value = data.get(key, getattr(GaussianVAEConfig, key))
+        if type(value) is not int:
+            raise CheckpointError(f"{where}: config {key} must be an integer, got {value!r:.40}")
+        if not low <= value <= high:
+            raise CheckpointError(f"{where}: config {key}={value} is outside {low}..{high}")
+    if not isinstance(data.get("decoder", "bernoulli"), str):
+        raise CheckpointError(f"{where}: config decoder must be a string, got {data['decoder']!r:.40}")
+    try:
+        return GaussianVAEConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+
+
+def read_vae_weights(weights: Path, config: GaussianVAEConfig) -> tuple[GaussianVAE, dict[str, torch.Tensor]]:
+    """A fresh :class:`GaussianVAE` of ``config`` (bounded by :func:`check_vae_config`) and the tensors of
+    ``weights``: the header compared with the model's state before any tensor is read, then every value
+    finite."""
+    from safetensors.torch import load_file
+
+    header = read_header(weights)
+    model = GaussianVAE(config)
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + \
+                ([f"unexpected {', '.join(extra[:5])}"] if extra else [])
+        raise CheckpointError(f"{weights} does not hold the tensors of {config.arch} {_describe(config)}: "
+                              + "; ".join(parts))
+    for name in sorted(expected):
+        dtype, shape = _DTYPES.get(expected[name].dtype), tuple(expected[name].shape)
+        if header[name] != (dtype, shape):
+            raise CheckpointError(f"{weights}: {name} is {header[name][0]} {header[name][1]}; {config.arch} "
+                                  f"{_describe(config)} needs {dtype} {shape}")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - as in read_header
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {type(exc).__name__}: {exc}") from exc
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{weights}: {name} holds values that are not finite")
+    return model, state
+
+
+def _describe(config: GaussianVAEConfig) -> str:
+    return (f"latent_dims={config.latent_dims} width={config.width} hidden={config.hidden} "
+            f"image_size={config.image_size} channels={config.channels} decoder={config.decoder}")
 
 
 def _is_table(name: str) -> bool:
@@ -177,6 +238,8 @@ def read_weights(weights: Path, config: CodecConfig) -> tuple[ScaleHyperprior, d
     docstring); the caller loads them (after checking the model id)."""
     from safetensors.torch import load_file
 
+    if isinstance(config, GaussianVAEConfig):
+        return read_vae_weights(weights, config)
     header = read_header(weights)
     check_widths(weights, header, config)
     model = build_model(config)

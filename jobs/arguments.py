@@ -62,6 +62,8 @@ TRAIN_FLAGS = {
     "patch_size": "patch_size", "workers": "num_workers", "gpu": "use_gpu", "checkpoint_every": "checkpoint_every",
     "lr": "lr", "seed": "seed", "validate_every": "validate_every", "max_failures": "max_failures",
     "precision": "precision", "lr_rsqrt_from": "lr_rsqrt_from", "lr_decay_at": "lr_decay_at",
+    "latent_dims": "latent_dims", "width": "width", "hidden": "hidden", "image_size": "image_size",
+    "decoder": "decoder", "beta": "beta", "kl_warmup": "kl_warmup",
 }
 
 

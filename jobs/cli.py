@@ -7,6 +7,7 @@ import sys
 
 COMMANDS = {
     "ingest": "folder of images -> Parquet shards (unreadable files listed, not fatal)",
+    "datasets": "export a packaged data set (scikit-learn's handwritten digits) to an image folder",
     "train": "train a learned codec with Ray Train (DDP over workers; --sweep for several rate points)",
     "zoo": "the trained codecs shipped in the package, one per line, name first (show NAME: its card)",
     "encode": "Parquet shards -> entropy-coded bitstreams in a Zarr archive (Ray Data job)",
@@ -14,7 +15,7 @@ COMMANDS = {
     "serve": "an archive's images over HTTP, decoded on demand, batched across requests (Ray Serve)",
     "verify": "check an archive: checksums, index, counts, optionally decode a sample; problems per id",
     "report": "rate-distortion report: learned codec vs JPEG, WebP, JPEG 2000, AVIF, JPEG XL",
-    "bench": "benchmarks: rd, encode, decode, train, anomaly, startup, serve, read",
+    "bench": "benchmarks: rd, encode, decode, train, anomaly, digits, startup, serve, read",
     "sample": "draw new images from a learned codec's prior (ancestral sampling)",
     "interpolate": "decode the latent-space path between two images",
     "score": "bits per pixel as an anomaly score: rows, calibration, heat maps (Ray job or an archive)",

@@ -5,11 +5,17 @@ latents from the conditional Gaussian the hyperprior predicts from them, images 
 transform. Writes ``sample-NN.png`` and ``grid.png``. The same seed gives the same files; ``--temperature``
 scales the prior's spread (0: its mode, the same image for every seed). A compression prior models local
 statistics: expect textures and colour fields, not objects.
+
+A generative VAE (architecture gaussian-vae, e.g. the zoo's digits-vae) draws z ~ N(0, T^2 I) and decodes
+it: new handwritten digits. Its images have the model's own size (--scale enlarges them, nearest neighbour);
+--manifold K, for a model with a 2-D latent (digits-vae-2d), also writes manifold.png, the K x K grid of
+images decoded from z at the N(0, 1) quantiles of each axis.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 from pathlib import Path
 
@@ -37,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="scale of the prior's spread: 1 the model's prior, 0 its mode (default 1)")
-    parser.add_argument("--size", type=parse_size, default=(256, 256), metavar="HxW",
-                        help="sample size in pixels (default 256x256; other than multiples of 64 are cropped)")
+    parser.add_argument("--size", type=parse_size, metavar="HxW",
+                        help="sample size in pixels (default 256x256; other than multiples of 64 are cropped); "
+                             "not for a gaussian-vae, whose samples have its own size")
+    parser.add_argument("--scale", type=int, default=4,
+                        help="gaussian-vae: enlarge samples this many times, nearest neighbour (default 4)")
+    parser.add_argument("--manifold", type=int, metavar="K",
+                        help="gaussian-vae with a 2-D latent: also write manifold.png, K x K decoded grid points")
     parser.add_argument("--columns", type=int, help="grid columns (default: about the square root of -n)")
     parser.add_argument("--out", required=True, type=Path, help="folder for sample-NN.png and grid.png")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -48,8 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.generative import image_grid, sample_prior
-    from latentzip.codecs.registry import UnknownCodecError, load_learned_codec
+    from latentzip.codecs.registry import UnknownCodecError, is_generative, load_learned_codec
 
+    if is_generative(args.model):
+        return _sample_vae(args)
+    if args.manifold is not None:
+        print("latentzip sample: error: --manifold needs a gaussian-vae with a 2-D latent", file=sys.stderr)
+        return 2
+    args.size = args.size or (256, 256)
     try:
         codec = load_learned_codec(args.model, "sampling", device=args.device)
         if args.count < 1:
@@ -65,6 +82,36 @@ def main(argv: list[str] | None = None) -> int:
     image_grid(images, columns).save(args.out / "grid.png")
     print(f"{len(images)} samples of {height}x{width} (seed {args.seed}, temperature {args.temperature:g}) "
           f"from {codec.name} written to {args.out} (grid.png)")
+    return 0
+
+
+def _sample_vae(args) -> int:
+    from latentzip.codecs.registry import load_generative
+    from latentzip.codecs.vae_generative import image_grid, manifold_grid, sample_images
+
+    try:
+        if args.size is not None:
+            raise ValueError("--size does not apply to a gaussian-vae: its samples have the model's size (--scale)")
+        if args.count < 1 or args.scale < 1:
+            raise ValueError(f"-n and --scale must be at least 1, got {args.count} and {args.scale}")
+        model, card = load_generative(args.model, "sampling")
+        model = model.to(args.device)
+        images = sample_images(model, args.count, seed=args.seed, temperature=args.temperature, scale=args.scale)
+        manifold = manifold_grid(model, args.manifold, args.scale, gap=2) if args.manifold is not None else None
+    except ValueError as exc:  # UnknownCodecError and CheckpointError are ValueErrors
+        print(f"latentzip sample: error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        image.save(args.out / f"sample-{index:02d}.png")
+    columns = args.columns or math.ceil(math.sqrt(len(images)))
+    image_grid(images, columns).save(args.out / "grid.png")
+    if manifold is not None:
+        manifold.save(args.out / "manifold.png")
+    side = model.config.image_size
+    print(f"{len(images)} samples of {side}x{side} (shown {args.scale}x: {images[0].width}x{images[0].height}, seed "
+          f"{args.seed}, temperature {args.temperature:g}) from {args.model} written to {args.out} (grid.png"
+          f"{', manifold.png' if manifold is not None else ''})")
     return 0
 
 

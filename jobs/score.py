@@ -9,11 +9,16 @@ images; default: the input itself) by a percentile or a robust z-score. Writes `
 
 ``latentzip score --archive ARCHIVE --out DIR`` screens an encoded archive from its stored bytes alone: no
 model, no re-encoding (a ``--reference`` that is not an archive still needs ``--model``).
+
+With a generative VAE (gaussian-vae, e.g. digits-vae) the score is -ELBO in bits per pixel per image
+(pipeline/vae_scoring.py), for a folder of images, computed here without Ray; the threshold is calibrated
+in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from latentzip.jobs.arguments import Parser, fail
@@ -54,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either INPUT (with --model) or --archive")
     if args.input is not None and not args.model:
         parser.error("scoring INPUT needs --model")
-    from latentzip.codecs.registry import UnknownCodecError
+    from latentzip.codecs.registry import UnknownCodecError, is_generative
+
+    if args.model and is_generative(args.model):
+        return _score_vae(args, parser)
     from latentzip.pipeline.archive import ArchiveError
     from latentzip.pipeline.scoring import Calibration, score, score_archive
 
@@ -73,6 +81,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ArchiveError, UnknownCodecError, FileNotFoundError, ValueError) as exc:
         return fail("score", exc)
     print(summary.describe())
+    return 0
+
+
+def _score_vae(args, parser) -> int:
+    from latentzip.pipeline.scoring import Calibration
+    from latentzip.pipeline.vae_scoring import describe, score_vae
+
+    if args.archive is not None:
+        parser.error(f"{args.model} is a gaussian-vae: it writes no bitstreams, so there is no archive of it to "
+                     f"score; give a folder of images")
+    try:
+        calibration = Calibration.load(args.calibration) if args.calibration else None
+        result = score_vae(args.input, args.model, args.out, reference=args.reference, calibration=calibration,
+                           method=args.method, percentile=args.percentile, z=args.z)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"latentzip score: error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(args.out, *result))
     return 0
 
 

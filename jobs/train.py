@@ -13,8 +13,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from latentzip.codecs.hyperprior import ARCHITECTURES
-
+from latentzip.codecs.registry import ARCHITECTURES
 from latentzip.jobs.arguments import Parser, fail, train_options
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "path or a URL (s3://bucket/runs/q3: checkpoints go to object storage too)")
     parser.add_argument("--config", type=Path, metavar="FILE.toml",
                         help="TOML file of TrainConfig fields; flags given on the command line win")
-    parser.add_argument("--arch", choices=ARCHITECTURES, help="codec architecture (default scale-hyperprior)")
+    parser.add_argument("--arch", choices=list(ARCHITECTURES),
+                        help="architecture (default scale-hyperprior; gaussian-vae: the textbook VAE, flags below)")
     parser.add_argument("--N", type=int, help="hidden and hyper-latent channels (default 128)")
     parser.add_argument("--M", type=int, help="latent channels (default 192)")
     parser.add_argument("--lmbda", type=float,
@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-from", metavar="CODEC",
                         help="start from a trained codec's weights (a zoo name, a codec directory or its URL); its "
                              "steps count towards --steps. With --sweep: one per lambda, comma-separated")
+    vae = parser.add_argument_group("gaussian-vae (a generative VAE: whole images resized to --image-size, "
+                                    "loss -ELBO with beta on the KL term)")
+    vae.add_argument("--latent-dims", type=int, help="latent dimensions (default 16)")
+    vae.add_argument("--width", type=int, help="channels of the first convolution, doubled at each next (default 32)")
+    vae.add_argument("--hidden", type=int, help="width of the linear layer before the latent (default 256)")
+    vae.add_argument("--image-size", type=int, help="side the images are resized to, in pixels (default 16)")
+    vae.add_argument("--decoder", choices=("bernoulli", "gaussian"), help="likelihood p(x|z) (default bernoulli)")
+    vae.add_argument("--beta", type=float, help="weight of the KL term (default 1: the ELBO)")
+    vae.add_argument("--kl-warmup", type=int, metavar="STEPS", help="ramp beta up from 0 over these steps (default 0)")
     parser.add_argument("--max-failures", type=int,
                         help="worker-group restarts from the last checkpoint after a failure (default 0)")
     parser.add_argument("--sweep", metavar="L1,L2,...",
@@ -102,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
         return fail("train", exc)
     metrics = result.metrics
+    if "neg_elbo_bpp" in metrics:
+        print(f"trained {result.steps} steps (resumed from {result.start_step}) in {result.wall_s:.0f} s: "
+              f"loss {metrics['loss']:.2f} nats, -ELBO {metrics['neg_elbo_bpp']:.4f} bpp (training batches)")
+        print(f"model written to {result.codec_dir} (model id {result.model_id})")
+        return 0
     print(f"trained {result.steps} steps (resumed from {result.start_step}) in {result.wall_s:.0f} s: "
           f"loss {metrics.get('loss', float('nan')):.4f}, estimated bpp {metrics.get('bpp_estimate', float('nan')):.3f}, "
           f"PSNR {metrics.get('psnr_db', float('nan')):.2f} dB")
@@ -119,6 +133,9 @@ def _codec_dir(name: str | None):
 
 def _sweep(args: argparse.Namespace, config) -> int:
     from latentzip.pipeline.training.sweep import train_sweep
+
+    if ARCHITECTURES.get(config.arch) == "generative":
+        raise ValueError(f"--sweep trains one codec per rate-distortion lambda; {config.arch} has no lambda")
 
     try:
         lambdas = [float(value) for value in args.sweep.split(",") if value.strip()]

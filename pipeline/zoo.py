@@ -50,6 +50,8 @@ def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad zoo name {name!r}")
     codec_dir = Path(codec_dir)
+    if read_card(codec_dir)["config"].get("arch") == "gaussian-vae":
+        return _add_generative(codec_dir, name, val_images, val_source, Path(zoo_dir), history)
     codec = LearnedCodec.from_path(codec_dir, name=name)
     document = read_card(codec_dir)
     result = validate(codec, val_images)
@@ -72,10 +74,40 @@ def add(codec_dir: str | Path, name: str, val_images: list[tuple[str, object]], 
     return target
 
 
+def _add_generative(codec_dir: Path, name: str, val_images: list[tuple[str, object]], val_source: str,
+                    zoo_dir: Path, history: str | None) -> Path:
+    """``add`` for a generative VAE: its card gets the mean -ELBO (bits per pixel) of the validation images."""
+    from latentzip.codecs.checkpoint import load_vae
+    from latentzip.codecs.vae_generative import score_images
+
+    model, document = load_vae(codec_dir)
+    scores = score_images(model, [image for _, image in val_images])
+    card = dict(document.get("card") or {})
+    if history:
+        card["history"] = history
+    card["validation"] = {"source": val_source, "images": len(scores),
+                          "neg_elbo_bpp": float(sum(scores) / max(1, len(scores)))}
+    document = {**document, "card": card}
+    target = zoo_dir / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(codec_dir / WEIGHTS_FILE, target / WEIGHTS_FILE)
+    (target / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    (target / CARD_FILE).write_text(model_card(name, document))
+    load_vae(target)  # re-checks the model id against the copied weights
+    return target
+
+
 def summary_line(name: str, document: dict) -> str:
     """One line: name first, then architecture, λ, steps and validation RD."""
     config, card = document.get("config", {}), document.get("card") or {}
     training, validation = card.get("training") or {}, card.get("validation") or {}
+    if config.get("arch") == "gaussian-vae":
+        parts = [name, "gaussian-vae", f"latent_dims={config.get('latent_dims')} image_size={config.get('image_size')}",
+                 *([f"{card['steps']} steps"] if "steps" in card else []),
+                 *([f"val -ELBO {validation['neg_elbo_bpp']:.4f} bpp ({validation['images']} images)"]
+                   if "neg_elbo_bpp" in validation else []),
+                 "(generative: sample, interpolate, score; no bitstreams)"]
+        return "  ".join(parts)
     parts = [name, config.get("arch", "?"), f"N={config.get('N')} M={config.get('M')}"]
     if "lmbda" in training:
         parts.append(f"lambda={training['lmbda']:g}")
@@ -99,6 +131,8 @@ def listing() -> list[str]:
 
 
 def model_card(name: str, document: dict) -> str:
+    if document["config"].get("arch") == "gaussian-vae":
+        return _generative_card(name, document)
     config, card = document["config"], document.get("card") or {}
     training, validation = card.get("training") or {}, card.get("validation") or {}
     data, hardware = card.get("data") or {}, card.get("hardware") or {}
@@ -137,6 +171,42 @@ def model_card(name: str, document: dict) -> str:
             ssim = row["ms_ssim"]
             lines.append(f"| {row['id']} | {row['bpp']:.4f} | {row['psnr_db']:.3f} | "
                          f"{'–' if isinstance(ssim, float) and math.isnan(ssim) else f'{ssim:.4f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _generative_card(name: str, document: dict) -> str:
+    config, card = document["config"], document.get("card") or {}
+    training, validation = card.get("training") or {}, card.get("validation") or {}
+    data, hardware = card.get("data") or {}, card.get("hardware") or {}
+    runs = card.get("runs") or []
+    lines = [
+        f"# {name}", "",
+        f"`--model {name}` with `latentzip sample`, `interpolate`, `score`, `bench digits`, `bench anomaly` "
+        f"(a generative VAE: no entropy coder, so no `encode`). Model id `{document['model_id']}`.", "",
+        "| | |", "|---|---|",
+        f"| architecture | gaussian-vae (codecs/gaussian_vae.py): latent_dims={config['latent_dims']}, "
+        f"width={config['width']}, hidden={config['hidden']}, image_size={config['image_size']}, "
+        f"channels={config['channels']}, {config['decoder']} decoder |",
+        f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from "
+        f"`{Path(str(data.get('source', '?'))).name}` |",
+        f"| steps | {card.get('steps', '?')} on {card.get('num_workers', '?')} Ray Train worker(s) |",
+        f"| time | {card.get('train_time_s', 0) / 60:.1f} min of training steps |",
+        f"| hardware | {hardware.get('device', '?')}, {hardware.get('torch_threads', '?')} thread(s) per worker, "
+        f"torch {hardware.get('torch', '?')} |",
+        "| recipe | loss -ELBO, " + ", ".join(f"{key} {training[key]}" + (" per worker" if key == "batch_size" else "")
+                                             for key in ("beta", "kl_warmup", "lr", "lr_decay_at", "lr_decay",
+                                                         "batch_size") if key in training) + " |",
+    ]
+    if runs:
+        lines.append("| runs | " + "; ".join(f"steps {run['from_step']}→{run.get('last_step', run['to_step'])} on "
+                                            f"{run['num_workers']} worker(s), {run.get('train_time_s', 0) / 60:.1f} min"
+                                            for run in runs) + " |")
+    if "neg_elbo_bpp" in validation:
+        lines.append(f"| validation | {validation['images']} images of `{Path(validation['source']).name}`: "
+                     f"-ELBO {validation['neg_elbo_bpp']:.4f} bits per pixel (of the {config['image_size']}x"
+                     f"{config['image_size']} input) |")
+    if card.get("history"):
+        lines.append(f"| notes | {card['history']} |")
     return "\n".join(lines) + "\n"
 
 

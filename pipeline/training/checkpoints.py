@@ -28,7 +28,7 @@ def _save_checkpoint(directory: Path, module, optimizers, state: dict, history: 
 
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
               str(directory / WEIGHTS))
-    torch.save({"net": optimizers[0].state_dict(), "aux": optimizers[1].state_dict(), "step": state["step"]},
+    torch.save({**{name: opt.state_dict() for name, opt in zip(("net", "aux"), optimizers)}, "step": state["step"]},
                directory / OPTIMIZER)
     (directory / STATE).write_text(json.dumps(state, indent=2) + "\n")
     (directory / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in history))
@@ -54,8 +54,8 @@ def _restore(module, optimizers) -> tuple[dict, list[dict]]:
         weights, state, history = read_checkpoint(directory)
         module.load_state_dict(weights)  # CompressAI's: resizes the entropy-coder buffers first
         saved = torch.load(Path(directory) / OPTIMIZER, weights_only=True)
-    optimizers[0].load_state_dict(saved["net"])
-    optimizers[1].load_state_dict(saved["aux"])
+    for name, optimizer in zip(("net", "aux"), optimizers):
+        optimizer.load_state_dict(saved[name])
     return state, history
 
 
@@ -72,7 +72,8 @@ RUN_SETTINGS = ("lmbda", "lr", "aux_lr", "lr_decay", "lr_rsqrt_from", "batch_siz
                 "clip_max_norm", "precision")
 
 
-def _runs(state: dict, config: TrainConfig, start: int, world: int, device, optimizer: str = "continued") -> list[dict]:
+def _runs(state: dict, config: TrainConfig, start: int, world: int, device, optimizer: str = "continued",
+          settings: tuple[str, ...] = RUN_SETTINGS) -> list[dict]:
     """The runs that led to this checkpoint, this one last. The learning-rate schedule is a function of
     the run's total ``steps``, so a resume with a larger ``steps`` is a new run (its own schedule), while
     rerunning the same command or a worker-group restart continues the last one. ``optimizer`` says
@@ -81,7 +82,7 @@ def _runs(state: dict, config: TrainConfig, start: int, world: int, device, opti
     runs = [dict(run) for run in state.get("runs", [])]
     if not runs or runs[-1]["to_step"] != config.steps:
         runs.append({"from_step": start, "to_step": config.steps, "last_step": start, "train_time_s": 0.0,
-                     **{name: getattr(config, name) for name in RUN_SETTINGS},
+                     **{name: getattr(config, name) for name in settings},
                      "lr_decay_at": list(config.lr_decay_at), "num_workers": world, "device": str(device),
                      "optimizer": optimizer})
     return runs
@@ -91,12 +92,15 @@ def initial_weights(codec_dir: str | Path, config: TrainConfig) -> dict:
     """What ``train(init_from=...)`` passes to the workers: the weights file and the steps already done."""
     from latentzip.codecs.checkpoint import WEIGHTS_FILE, read_card
     from latentzip.codecs.hyperprior import CodecConfig
-    from latentzip.codecs.registry import fetch_codec
+    from latentzip.codecs.registry import config_from_dict, fetch_codec
 
     remote = storage.is_url(codec_dir)
     document = read_card(fetch_codec(str(codec_dir)) if remote else codec_dir)
-    stored = CodecConfig.from_dict(document["config"])
-    if (stored.arch, stored.N, stored.M) != (config.arch, config.N, config.M):
+    stored = config_from_dict(document["config"])
+    if not isinstance(stored, CodecConfig) or not isinstance(config.codec_config, CodecConfig):
+        if stored != config.codec_config:
+            raise ValueError(f"{codec_dir} is {stored}; this run is {config.codec_config}")
+    elif (stored.arch, stored.N, stored.M) != (config.arch, config.N, config.M):
         raise ValueError(f"{codec_dir} is {stored.arch} N={stored.N} M={stored.M}; this run is "
                          f"{config.arch} N={config.N} M={config.M}")
     card = document.get("card") or {}

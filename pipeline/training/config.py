@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior
+from latentzip.codecs.registry import ARCHITECTURES
 
 
 RUN_NAME = "train"
@@ -45,14 +46,25 @@ class TrainConfig:
     gpus_per_worker: float = 1.0  # below 1 when several trials of a sweep share a GPU
     precision: str = "fp32"  # "bf16": g_a/g_s convolutions under bf16 autocast (GDN, hyperprior, rate in fp32)
     lr_rsqrt_from: int = 0  # > 0: the learning rate also falls as sqrt(lr_rsqrt_from / step) past that step
+    # arch "gaussian-vae" (codecs/gaussian_vae.py; pipeline/training/vae.py): its architecture, and the loss
+    # -ELBO with beta on the KL term, ramped up linearly over the first kl_warmup steps. It trains on whole
+    # images resized to image_size (patch_size, min_scale, lmbda, aux_lr and clip_max_norm do not apply).
+    latent_dims: int = 16
+    width: int = 32
+    hidden: int = 256
+    image_size: int = 16
+    channels: int = 1
+    decoder: str = "bernoulli"
+    beta: float = 1.0
+    kl_warmup: int = 0
 
     def __post_init__(self):
-        CodecConfig(self.arch, self.N, self.M)  # validates arch and widths
+        codec_config = self.codec_config  # validates arch and widths
         for name in ("batch_size", "patch_size", "steps", "checkpoint_every", "log_every", "num_workers",
                      "max_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.patch_size % ScaleHyperprior.stride:
+        if isinstance(codec_config, CodecConfig) and self.patch_size % ScaleHyperprior.stride:
             raise ValueError(f"patch_size must be a multiple of {ScaleHyperprior.stride}, got {self.patch_size}")
         if not 0 < self.min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
@@ -67,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr_rsqrt_from < 0:
             raise ValueError(f"lr_rsqrt_from must not be negative, got {self.lr_rsqrt_from}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)) or self.kl_warmup < 0:
+            raise ValueError(f"beta must be a finite number >= 0 and kl_warmup >= 0, got {self.beta}, {self.kl_warmup}")
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier at ``step``: ``lr_decay`` once for every decay point passed, and with
@@ -83,7 +97,13 @@ class TrainConfig:
         return step % self.checkpoint_every == 0 or step == self.steps
 
     @property
-    def codec_config(self) -> CodecConfig:
+    def codec_config(self):
+        """The architecture's typed config (codecs/registry.py: ``ARCHITECTURES``)."""
+        if ARCHITECTURES.get(self.arch) == "generative":
+            from latentzip.codecs.gaussian_vae import GaussianVAEConfig
+
+            return GaussianVAEConfig(self.arch, self.latent_dims, self.width, self.hidden, self.image_size,
+                                     self.channels, self.decoder)
         return CodecConfig(self.arch, self.N, self.M)
 
     def to_dict(self) -> dict:

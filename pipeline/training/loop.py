@@ -21,7 +21,8 @@ from latentzip.codecs.hyperprior import ScaleHyperprior, build_model
 from latentzip.codecs.images import pad_to_multiple, to_tensor
 from latentzip.codecs.learned import LearnedCodec
 from latentzip.codecs.losses import bits_per_pixel, rate_distortion
-from latentzip.pipeline.training.checkpoints import _hardware, initialise, _restore, _runs, _save_checkpoint
+from latentzip.codecs.registry import ARCHITECTURES
+from latentzip.pipeline.training.checkpoints import RUN_SETTINGS, _hardware, _restore, _runs, _save_checkpoint, initialise
 from latentzip.pipeline.training.config import TrainConfig
 from latentzip.pipeline.training.data import ImageSource, PatchSampler, _say, load_images
 
@@ -146,12 +147,12 @@ def train_worker(loop_config: dict) -> dict:
     if device.type == "cuda":  # TF32 matmuls and convolutions: the GPU's fast path for fp32 training
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
+    objective = objective_for(config)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    module = build_model(config.codec_config)
-    module.transform_dtype = torch.bfloat16 if config.precision == "bf16" else None
+    module = objective.build(config)
     model = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
     module = model.module if hasattr(model, "module") else model
-    optimizers = make_optimizers(module, config)
+    optimizers = objective.optimizers(module, config)
     state, history = _restore(module, optimizers)
     optimizer = "continued" if state["step"] > 0 else "fresh"
     if state["step"] == 0 and loop_config.get("init"):
@@ -159,19 +160,20 @@ def train_worker(loop_config: dict) -> dict:
     start = state["step"]
     if start >= config.steps:
         return {"start_step": start}
-    runs = _runs(state, config, start, world, device, optimizer)
+    runs = _runs(state, config, start, world, device, optimizer, objective.run_settings)
 
     images = load_images(ImageSource(**loop_config["data"]), rank, world, config.max_side)
     val_images = load_images(ImageSource(**loop_config["val"]), max_side=config.max_side) \
         if loop_config["val"] and rank == 0 else []
     # Seeded by step too, so a resumed run does not replay the crops it has already trained on.
     rng = np.random.default_rng([config.seed, rank, start])
-    sampler = PatchSampler(images, config.patch_size, config.min_scale, rng)
+    sampler = objective.sampler(images, config, rng)
     hardware = _hardware(device, loop_config["threads"])
-    sums, count, tick, train_time = torch.zeros(4, device=device), 0, time.perf_counter(), state["train_time_s"]
+    width = len(objective.metrics)
+    sums, count, tick, train_time = torch.zeros(width, device=device), 0, time.perf_counter(), state["train_time_s"]
 
     for step in range(start + 1, config.steps + 1):
-        sums += train_step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world, step)
+        sums += objective.step(model, module, sampler.batch(config.batch_size).to(device), optimizers, config, world, step)
         count += 1
         validate = config.validate_every and step % config.validate_every == 0
         save = config.checkpoints_at(step)
@@ -181,16 +183,16 @@ def train_worker(loop_config: dict) -> dict:
         # are what the run really achieves. Validation is left out (its time is in the row, as val_s).
         now = time.perf_counter()
         elapsed, tick = now - tick, now
-        row = {"step": step, **_summarise(sums, count, world), "steps_per_s": count / elapsed}
+        row = {"step": step, **objective.summarise(sums, count, world), "steps_per_s": count / elapsed}
         if validate and rank == 0:
-            row.update(evaluate(module, val_images, config.lmbda))
+            row.update(objective.evaluate(module, val_images, config))
             row["val_s"] = time.perf_counter() - now
             tick += row["val_s"]
         train_time += elapsed
         runs[-1]["last_step"], runs[-1]["train_time_s"] = step, runs[-1]["train_time_s"] + elapsed
         history.append(row)
         if rank == 0:
-            _say(_progress_line(row, config.steps, config.lmbda))
+            _say(objective.progress_line(row, config))
         if save or validate:
             # ray.train.report is a barrier across workers that returns at the controller's next poll
             # (see _trainer): once per checkpoint or validation, not per logged row. The rows in between
@@ -198,5 +200,46 @@ def train_worker(loop_config: dict) -> dict:
             state = {"step": step, "train_time_s": train_time, "world_size": world, "hardware": hardware,
                      "runs": runs}
             _report(row, rank, (module, optimizers, state, history) if save else None)
-        sums, count = torch.zeros(4, device=device), 0
+        sums, count = torch.zeros(width, device=device), 0
     return {"start_step": start}  # rank 0's return value reaches the driver as Result.return_value
+
+
+class HyperpriorObjective:
+    """What the loop does for a hyperprior codec: ``lmbda * 255**2 * MSE + bpp`` on random patches, plus the
+    aux loss. Each architecture has one such object (the gaussian-vae's is in training/vae.py): how to build
+    the model, its optimisers, its batches, one step (returning detached ``metrics``), their summary, the
+    validation and the progress line."""
+
+    metrics = ("loss", "mse", "bpp", "aux_loss")
+    run_settings = RUN_SETTINGS
+
+    @staticmethod
+    def build(config: TrainConfig) -> ScaleHyperprior:
+        module = build_model(config.codec_config)
+        module.transform_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        return module
+
+    optimizers = staticmethod(make_optimizers)
+    step = staticmethod(train_step)
+    summarise = staticmethod(_summarise)
+
+    @staticmethod
+    def sampler(images, config: TrainConfig, rng) -> PatchSampler:
+        return PatchSampler(images, config.patch_size, config.min_scale, rng)
+
+    @staticmethod
+    def evaluate(module, images, config: TrainConfig) -> dict:
+        return evaluate(module, images, config.lmbda)
+
+    @staticmethod
+    def progress_line(row: dict, config: TrainConfig) -> str:
+        return _progress_line(row, config.steps, config.lmbda)
+
+
+def objective_for(config: TrainConfig):
+    """The training objective of ``config.arch`` (see :class:`HyperpriorObjective`)."""
+    if ARCHITECTURES.get(config.arch) == "generative":
+        from latentzip.pipeline.training.vae import VAEObjective
+
+        return VAEObjective
+    return HyperpriorObjective

@@ -37,13 +37,12 @@ import time
 from pathlib import Path
 
 from latentzip.codecs.checkpoint import export_codec
-from latentzip.codecs.hyperprior import build_model
 from latentzip.pipeline import storage
 from latentzip.pipeline.cluster import cluster_cpus, ensure_ray
 from latentzip.pipeline.training.checkpoints import HISTORY, _init, read_checkpoint
 from latentzip.pipeline.training.config import RUN_NAME, TrainConfig, TrainResult
 from latentzip.pipeline.training.data import check_readable, resolve_data
-from latentzip.pipeline.training.loop import train_worker
+from latentzip.pipeline.training.loop import objective_for, train_worker
 
 
 HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
@@ -117,7 +116,7 @@ def train(data, out_dir: str | Path, config: TrainConfig, val=None, init_from: s
     with result.checkpoint.as_directory() as directory:
         weights, state, history = read_checkpoint(directory)
 
-    model = build_model(config.codec_config)
+    model = objective_for(config).build(config)
     model.load_state_dict(weights)
     storage.write_bytes(storage.join(out_dir, HISTORY), "".join(json.dumps(row) + "\n" for row in history).encode())
     final = history[-1] if history else {}

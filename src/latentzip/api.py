@@ -9,10 +9,12 @@
     archive = open_archive("runs/demo/archive.zarr")
     archive.ids[:5]; archive.decode(archive.ids[0])
     pixels = decode_array(archive, archive.ids[0])  # numpy uint8 (height, width, 3); errors name the id
+
+    vae, card = load_generative("digits-vae", "my script")  # a gaussian-vae: see latentzip.codecs.vae_generative
 """
 
-from latentzip.codecs.registry import list_codecs, load_codec
+from latentzip.codecs.registry import list_codecs, load_codec, load_generative
 from latentzip.pipeline.archive import open_archive
 from latentzip.pipeline.decoding import decode_array, decode_image
 
-__all__ = ["decode_array", "decode_image", "list_codecs", "load_codec", "open_archive"]
+__all__ = ["decode_array", "decode_image", "list_codecs", "load_codec", "load_generative", "open_archive"]
