@@ -55,8 +55,9 @@ from latentzip.codecs.images import load_image
 from latentzip.codecs.metrics import ms_ssim, psnr_db
 from latentzip.codecs.registry import load_codec, zoo_models
 from latentzip.pipeline import report_html
-from latentzip.pipeline.archive import Item, open_archive
+from latentzip.pipeline.archive import Item
 from latentzip.pipeline.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
+from latentzip.pipeline.decoding import open_archive
 from latentzip.pipeline.raycluster import cluster_cpus
 from latentzip.pipeline.report_outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
                                                write_markdown, write_table)
