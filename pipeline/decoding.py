@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,11 +120,16 @@ def _allowed(ref: str, prefixes) -> bool:
     return any(ref == p.rstrip("/") or ref.startswith(p.rstrip("/") + "/") for p in prefixes if p)
 
 
+_BOUND: "weakref.WeakKeyDictionary[Archive, DecodableArchive]" = weakref.WeakKeyDictionary()
+
+
 def _archive(archive, model: str | None = None, allow_model_urls=()) -> DecodableArchive:
     if isinstance(archive, DecodableArchive):
         return archive
-    if isinstance(archive, Archive):  # opened for storage only: bound to its model here
-        archive = archive.path
+    if isinstance(archive, Archive):  # opened for storage only: bound to its model once, here
+        if archive not in _BOUND:
+            _BOUND[archive] = open_archive(archive.path, model, allow_model_urls, archive.direct)
+        return _BOUND[archive]
     return open_archive(archive, model=model, allow_model_urls=allow_model_urls)
 
 
