@@ -1,4 +1,4 @@
-"""The Zarr v3 archive (pipeline/archive.py), format 2: layout, appends, commit point, index, errors, integrity."""
+"""The Zarr v3 archive (pipeline/archive/): layout, appends, commit point, index, errors, integrity."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from latentzip.pipeline.archive.arrays import ShardReader
 from latentzip.pipeline.archive.checks import lookup_problem
 from latentzip.pipeline.archive.format import OK, ArchiveCorruptError, I, ItemCorruptError, S, id_bytes, id_key
 
@@ -48,7 +47,7 @@ def insert(table: np.ndarray, base: int, capacity: int, keys: np.ndarray, rows: 
 
 def concurrently(calls: list, parallel: bool) -> list:
     """Each call's result, or the exception it raised. ``parallel``: on threads (reads through zarr on a
-    remote store wait on the network, so they overlap); else one after the other (local direct reads)."""
+    remote store wait on the network, so they overlap); else one after the other."""
     def run(call):
         try:
             return call()
@@ -82,14 +81,14 @@ def lookup(archive, item_id: str, with_data: bool) -> tuple[int, np.ndarray, byt
     """(row, item record, its bitstream bytes or the ValueError reading them) of an encoded id, or None.
 
     Reads the index chunk, the item row, the id bytes (compared with ``item_id``) and, ``with_data``, the
-    bitstream (with the id's bytes, at once when they come through zarr); every row number, offset and
+    bitstream (with the id's bytes, at once on a remote store); every row number, offset and
     length is checked against the arrays' sizes before it is read (ItemCorruptError naming the id)."""
     key = id_key(item_id)
     pending = archive.unindexed().get(key, [])
     index = archive.meta["index"]
     names = ([index["array"]] if index["capacity"] else []) + ["items", "ids"] + (["bitstreams"] if with_data else [])
     readers = archive.readers(names)
-    parallel = not all(isinstance(r, ShardReader) for r in readers.values())
+    parallel = archive.overlapped_reads
     candidates = []
     if index["capacity"]:
         table = readers[index["array"]]

@@ -185,13 +185,28 @@ class Archive:
     def readers(self, names: list[str]) -> dict:
         """Readers of several arrays; those opened through zarr are opened concurrently (on object storage
         each is a request for its metadata)."""
-        missing = [n for n in names if not (self._cache and n in self._readers)]
-        if len(missing) > 1 and not (self.direct and isinstance(self.path, Path)):
+        found = {n: self._readers[n] for n in names if self._cache and n in self._readers}
+        missing = [n for n in names if n not in found]
+        if len(missing) > 1 and self.overlapped_reads:
             _ = self.group  # opened here, once, not by several threads at a time
-            for name, reader in zip(missing, index.concurrently([lambda n=n: self.reader(n) for n in missing], True)):
+            opened = index.concurrently([lambda n=n: self.reader(n) for n in missing], True)
+            for reader in opened:
                 if isinstance(reader, BaseException):
                     raise reader
-        return {name: self.reader(name) for name in names}
+            found.update(zip(missing, opened))
+        else:
+            found.update((n, self.reader(n)) for n in missing)
+        return {name: found[name] for name in names}
+
+    @property
+    def overlapped_reads(self) -> bool:
+        """Whether independent reads go out together, on threads: on a store whose reads wait on the
+        network (an fsspec filesystem with an async implementation: S3, GCS, HTTP...). Locally, and in
+        ``memory://``, a thread's hand-off costs more than the read."""
+        if not hasattr(self, "_overlapped"):
+            self._overlapped = isinstance(self.path, str) and bool(getattr(storage.filesystem(self.path)[0],
+                                                                           "async_impl", False))
+        return self._overlapped
 
     def unindexed(self) -> dict[int, list[int]]:
         """key -> rows of committed segments the index does not cover yet (normally none)."""
