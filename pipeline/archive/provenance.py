@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from latentzip.pipeline import storage
+from latentzip.pipeline.archive.arrays import read_file
 from latentzip.pipeline.archive.format import RECORDS_VERSION, ArchiveCorruptError, now
 
 PREFIX = "provenance"
@@ -79,7 +80,7 @@ class Provenance:
     def _read(self, name: str) -> bytes:
         where = storage.join(self.archive.path, PREFIX, name, "zarr.json")
         try:
-            return storage.read_bytes(where)
+            return read_file(where, 0, 1 << 24) if isinstance(where, Path) else storage.read_bytes(where)
         except (OSError, ValueError) as exc:
             raise ArchiveCorruptError(f"{self.archive.path}: provenance record {name} cannot be read: "
                                       f"{type(exc).__name__}: {exc}") from exc
