@@ -21,6 +21,8 @@ Benchmarks:
         and off, beside a static server of the same PNGs (``latentzip bench serve --out serve.md``)
   read  images/s a DataLoader gets from an archive vs JPEG and PNG folders, bytes on disk
         (``latentzip bench read --out read.md``)
+  archive-commit  what one archive commit costs at 10, 100 and 1,000 units: flat in the number of units
+        (``latentzip bench archive-commit --out commit.md``)
   startup  cold start: `latentzip --help`, `zoo`, `zoo show`, a one-id decode of a 768x512 image and
         `import latentzip.api`, each in fresh processes, median of 5 (``latentzip bench startup --out startup.md``)
 """
@@ -152,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--threads", type=int, default=1, help="torch threads in this process (default 1)")
     decode.add_argument("--workdir", type=Path, help="where the archive and batch output go (default: a temp folder)")
     decode.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
+    commit = benchmarks.add_parser("archive-commit", help="ms per archive commit as the number of units grows",
+                                   description="One archive per number of units, one segment committed per unit "
+                                               "(synthetic bytes, no model): ms per commit, first and last ten, "
+                                               "and the size of zarr.json (latentzip.pipeline.bench.archive_commit).")
+    commit.add_argument("--units", default="10,100,1000", help="comma-separated unit counts (default 10,100,1000)")
+    commit.add_argument("--versions", default="4",
+                        help="archive formats to write, comma-separated (default 4; 3 writes provenance into "
+                             "zarr.json as format 3 did)")
+    commit.add_argument("--workdir", type=Path, help="where the archives go (default: a temp folder)")
+    commit.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
     startup = benchmarks.add_parser("startup", help="cold-start seconds of common commands, fresh processes",
                                     description="Wall-clock seconds from a fresh process to the end of `latentzip "
                                                 "--help`, `latentzip zoo`, `latentzip zoo show`, a one-id decode of "
@@ -286,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve_read(args)
     if args.benchmark == "decode":
         return _decode(args)
+    if args.benchmark == "archive-commit":
+        return _archive_commit(args)
     if args.benchmark == "anomaly":
         return _anomaly(args)
     if args.benchmark == "digits":
@@ -435,6 +449,24 @@ def _decode(args) -> int:
         return fail("bench decode", exc)
     print(result.table())
     print(f"written to {path}")
+    return 0
+
+
+def _archive_commit(args) -> int:
+    from latentzip.pipeline.bench.archive_commit import bench_archive_commit, table, write_result
+
+    try:
+        if args.out.suffix not in (".json", ".md"):
+            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
+        units = [int(n) for n in args.units.split(",")]
+        versions = [int(v) for v in args.versions.split(",")]
+        if min(units) < 1 or not set(versions) <= {2, 3, 4}:
+            raise ValueError("--units must be positive counts, --versions among 2, 3, 4")
+        results = bench_archive_commit(units, versions, workdir=args.workdir)
+    except ValueError as exc:
+        return fail("bench archive-commit", exc)
+    print(table(results))
+    print(f"written to {write_result(results, args.out)}")
     return 0
 
 

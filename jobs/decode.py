@@ -55,9 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.bitstream import BitstreamError
-    from latentzip.pipeline.archive import ArchiveError, ItemNotFoundError, open_archive
-    from latentzip.pipeline.archive_checks import is_utf8
-    from latentzip.pipeline.decoding import (DecodeError, decode_archive, decode_to_file, output_path,
+    from latentzip.pipeline.archive import ArchiveError, ItemNotFoundError, is_utf8
+    from latentzip.pipeline.decoding import (DecodeError, decode_archive, decode_to_file, open_archive, output_path,
                                              parse_range)
 
     try:

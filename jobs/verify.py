@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.pipeline.archive import ArchiveError
-    from latentzip.pipeline.verify import verify_archive
+    from latentzip.pipeline.decoding import verify_with_model
 
     try:
-        report = verify_archive(args.archive, decode_sample=args.decode_sample, seed=args.seed, model=args.model,
-                                allow_model_urls=args.allow_model_url)
+        report = verify_with_model(args.archive, decode_sample=args.decode_sample, seed=args.seed, model=args.model,
+                                   allow_model_urls=args.allow_model_url)
     except ArchiveError as exc:
         return fail("verify", exc)
     except Exception as exc:  # noqa: BLE001 - a check that itself failed is a finding, never a traceback

@@ -14,6 +14,10 @@ other ids are decoded (decode it alone with ``--id ID -o FILE.png``, or into Par
 shard (columns ``id``, ``png``, ``width``, ``height``; rows in completion order) is written whole through a
 temporary name, so a rerun rewrites it.
 
+The one decode path: :func:`open_archive` gives an archive bound to the model that wrote it
+(:class:`DecodableArchive`: ``codec()``, ``decode(id)``), the storage layer (:mod:`latentzip.pipeline.archive`)
+loads no model. :func:`verify_with_model` is ``latentzip verify``: the storage checks, then the model.
+
 Errors name the id: :class:`~latentzip.pipeline.archive.ItemNotFoundError` (no such id),
 :class:`~latentzip.pipeline.archive.ItemCorruptError` (stored bytes fail their checksum),
 :class:`ModelUnavailableError` (the model named in the archive's provenance cannot be loaded, or is
@@ -25,14 +29,15 @@ from __future__ import annotations
 import io
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from latentzip.pipeline.archive import open_archive
-from latentzip.pipeline.archive_checks import is_utf8
+from latentzip.pipeline.archive import (Archive, ArchiveCorruptError, ArchiveError, RemoteModelRefusedError,
+                                        VerifyReport, describe_exception, is_utf8, verify_archive)
 
 FORMATS = ("png", "parquet")
 #: Up to this many ids decode in this process; more go to Ray. On the 2-core development machine, starting
@@ -62,10 +67,98 @@ class ModelUnavailableError(DecodeError):
     """The model the archive's provenance names cannot be loaded (or is not the model that wrote it)."""
 
 
-def _archive(archive, model: str | None = None, allow_model_urls=()):
-    if isinstance(archive, (str, Path)):
-        return open_archive(archive, model=model, allow_model_urls=allow_model_urls)
-    return archive
+class DecodableArchive(Archive):
+    """An archive opened for decoding: its storage, plus the codec that wrote it (loaded once, on first use).
+
+    ``model``: decode with this codec (a zoo name, a directory or a URL, still checked against the archive's
+    model id) instead of the one its provenance names; ``allow_model_urls``: URL prefixes from which a
+    remote ``model_ref`` of the archive may be fetched (by default none is)."""
+
+    def __init__(self, path, model: str | None = None, allow_model_urls=(), direct: bool = True):
+        super().__init__(path, direct=direct)
+        self.model_override = None if model is None else str(model)
+        self.allow_model_urls = tuple(allow_model_urls)
+        self._codec = None
+
+    def codec(self, **options):
+        """The codec that wrote this archive, found from its provenance (or the ``model`` this object was
+        opened with); never a different model. A remote ``model_ref`` (``http://``, ``s3://``, ...) is
+        never fetched because an archive names it: only a ``model`` the caller gives, or a ref under one
+        of the caller's ``allow_model_urls``, is (:class:`RemoteModelRefusedError` otherwise)."""
+        if self._codec is None:
+            from latentzip.codecs.hyperprior import CodecConfig
+            from latentzip.codecs.registry import is_remote, load_codec
+
+            ref = self.model_override or self.meta["model_ref"]
+            if self.model_override is None and is_remote(ref) and not _allowed(ref, self.allow_model_urls):
+                raise RemoteModelRefusedError(
+                    f"archive {self.path} names a remote model, {ref!r}; latentzip does not fetch code from a "
+                    f"location an archive names: pass --model {ref} (or --allow-model-url with its prefix) to "
+                    "fetch it, or --model with a local copy")
+            try:
+                options.setdefault("entropy_params", CodecConfig.from_dict(self.meta["codec"]).entropy_params)
+            except (TypeError, ValueError) as exc:
+                raise ArchiveCorruptError(f"archive {self.path}: attribute codec is not a codec config ({exc})") from exc
+            codec = load_codec(ref, **options)
+            if getattr(codec, "model_id", b"").hex() != self.model_id:
+                raise ArchiveError(f"model {ref!r} has id {getattr(codec, 'model_id', b'').hex()}, but archive "
+                                   f"{self.path} was written by model {self.model_id}")
+            self._codec = codec
+        return self._codec
+
+    def decode(self, item_id: str) -> Image.Image:
+        """One id as an 8-bit RGB PIL image (:func:`decode_image`: its size checked, errors naming the id)."""
+        return decode_image(self, item_id)
+
+
+def open_archive(path, model: str | None = None, allow_model_urls=(), direct: bool = True) -> DecodableArchive:
+    """An archive for reading and decoding (see :class:`DecodableArchive`)."""
+    return DecodableArchive(path, model=model, allow_model_urls=allow_model_urls, direct=direct)
+
+
+def _allowed(ref: str, prefixes) -> bool:
+    return any(ref == p.rstrip("/") or ref.startswith(p.rstrip("/") + "/") for p in prefixes if p)
+
+
+_BOUND: "weakref.WeakKeyDictionary[Archive, DecodableArchive]" = weakref.WeakKeyDictionary()
+
+
+def _archive(archive, model: str | None = None, allow_model_urls=()) -> DecodableArchive:
+    if isinstance(archive, DecodableArchive):
+        return archive
+    if isinstance(archive, Archive):  # opened for storage only: bound to its model once, here
+        if archive not in _BOUND:
+            _BOUND[archive] = open_archive(archive.path, model, allow_model_urls, archive.direct)
+        return _BOUND[archive]
+    return open_archive(archive, model=model, allow_model_urls=allow_model_urls)
+
+
+def verify_with_model(path, decode_sample: int = 0, seed: int = 0, model: str | None = None,
+                      allow_model_urls=()) -> VerifyReport:
+    """``latentzip verify``: the storage checks (:func:`~latentzip.pipeline.archive.verify_archive`), then
+    that the model the archive names loads and is the one that wrote it, and that ``decode_sample`` ids
+    picked with ``seed`` decode to the size their rows record. A remote model is fetched only when asked
+    (``model``, ``allow_model_urls``), as decode does; otherwise that is a problem."""
+    import random
+
+    try:
+        archive = _archive(path, model, allow_model_urls)
+    except ArchiveCorruptError:
+        return verify_archive(path)  # reports why it cannot be opened
+    report = verify_archive(archive)
+    try:
+        archive.codec()
+    except Exception as exc:  # noqa: BLE001 - an archive whose model cannot be loaded cannot be decoded here
+        report.problems.append(("<model>", describe_exception(exc)))
+        return report
+    for item_id in random.Random(seed).sample(report.ids, min(decode_sample, len(report.ids))):
+        try:
+            decode_image(archive, item_id)
+            report.decoded += 1
+        except Exception as exc:  # noqa: BLE001 - reported per id
+            cause = exc.__cause__ if isinstance(exc, DecodeError) and exc.__cause__ is not None else exc
+            report.problems.append((item_id, f"decode failed: {type(cause).__name__}: {cause}"))
+    return report
 
 
 def archive_codec(archive, item_id: str, what: str | None = None):

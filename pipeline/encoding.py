@@ -7,7 +7,7 @@ an actor pool of :class:`EncodeStage` (model loaded once per actor), which reads
 conversion policy of codecs/images.py), encodes them in dense batches of one padded size, and returns one
 row per image: its bitstream, or why it has none. The driver is the one writer of the archive: when every
 row of a unit is back it writes them as one segment (results, then the completion marker;
-pipeline/archive.py). A rerun skips units whose marker is committed; a unit whose worker died is redone by
+pipeline/archive/). A rerun skips units whose marker is committed; a unit whose worker died is redone by
 Ray (actors restart, tasks retry) and written once, since the driver keeps the first complete result of
 each unit and writes each unit once.
 

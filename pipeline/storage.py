@@ -1,7 +1,7 @@
 """Where data lives: a local path or an fsspec URL, read and written through one set of helpers.
 
 Every job input and output that is not an archive goes through here (archives have their own store in
-pipeline/archive.py, on the same URLs): image folders, ingest shards, training data, training output
+pipeline/archive/, on the same URLs): image folders, ingest shards, training data, training output
 (Ray Train checkpoints, metrics, the exported codec) and codec directories. A location is
 
 - a local path, or a ``file://`` URL (the same thing);

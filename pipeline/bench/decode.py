@@ -19,7 +19,7 @@ Timed in this process on the same ``trials`` random ids, ``rounds`` times, the p
 
 Bytes read per lookup, for a fresh ``open_archive(path).item(id)``: ``rchar`` of ``/proc/self/io``
 (every byte this process read through read system calls: zarr.json files, shard indexes, chunks), and a
-per-file breakdown (a counting Zarr store plus the archive's direct shard reads). Compared with the ``bitstreams`` array's inner chunk size
+per-file breakdown (the archive's direct shard reads, counted by its own hook). Compared with the ``bitstreams`` array's inner chunk size
 (the acceptance bound), the on-disk size of the zarr shard holding the id, and the whole archive.
 """
 
@@ -39,9 +39,10 @@ from PIL import Image
 
 from latentzip.codecs.images import load_image
 from latentzip.codecs.registry import load_codec
-from latentzip.pipeline.archive import ArchiveWriter, Item, open_archive
+from latentzip.pipeline.archive import ArchiveWriter, Item
+from latentzip.pipeline.archive.arrays import count_reads
 from latentzip.pipeline.bench.encode import fixed_seed_codec, generate_images
-from latentzip.pipeline.decoding import decode_archive, decode_image
+from latentzip.pipeline.decoding import decode_archive, decode_image, open_archive
 from latentzip.pipeline.sources import local_images
 
 SEGMENT = 256
@@ -160,54 +161,21 @@ def _median_ms(runs: dict, ids: list[str], rounds: int) -> dict[str, float]:
 
 def bytes_read(path: Path, ids: list[str]) -> dict:
     """Bytes one fresh ``open_archive(path).item(id)`` reads: /proc/self/io rchar (median over ``ids``) and,
-    for the first id, a per-file breakdown: the archive's direct reads of a local archive
-    (``archive._read_file``: zarr.json files, shard indexes, chunks), plus what goes through zarr (a
-    counting Zarr store) when zarr reads it."""
-    # A measurement wrapper only: the archive layout is still read by pipeline/archive.py alone.
-    import zarr
-    from zarr.storage import LocalStore
-
-    from latentzip.pipeline import archive as archive_module
-
-    class CountingStore(LocalStore):
-        def __init__(self, root, **kwargs):
-            super().__init__(root, **kwargs)
-            self.reads: dict[str, int] = {}
-
-        async def get(self, key, prototype=None, byte_range=None):
-            buffer = await super().get(key, prototype, byte_range)
-            if buffer is not None:
-                self.reads[key] = self.reads.get(key, 0) + len(buffer)
-            return buffer
-
+    for the first id, a per-file breakdown of what the archive's direct reader reads (the archive's own
+    counting hook, :class:`~latentzip.pipeline.archive.arrays.count_reads`: zarr.json files, shard indexes,
+    chunks; reads through zarr, for an archive of another layout, show in rchar only)."""
     deltas = []
     for item_id in ids:
         before = _rchar()
         open_archive(path).item(item_id)
         deltas.append(_rchar() - before)
     start, end = open_archive(path).byte_range(ids[0])
-    store = CountingStore(path, read_only=True)
-    direct: dict[str, int] = {}
-    read_file = archive_module._read_file
-
-    def counting_read(file, *args):
-        data = read_file(file, *args)
-        key = Path(file).relative_to(path).as_posix()
-        direct[key] = direct.get(key, 0) + len(data)
-        return data
-
-    archive_module._read_file = counting_read
-    try:
-        archive = open_archive(path)  # a local archive: its zarr.json read directly, counted above
-        if archive._group is not None:  # zarr opened it (e.g. an unknown layout): count through the store
-            archive.group = zarr.open_group(store, mode="r")  # before any array is opened
+    with count_reads() as counts:
+        archive = open_archive(path)
         archive.item(ids[0])
-    finally:
-        archive_module._read_file = read_file
-    per_file = {key: store.reads.get(key, 0) + direct.get(key, 0) for key in sorted({*store.reads, *direct})}
-    bitstreams = archive.group["bitstreams"]
-    chunk = int(bitstreams.chunks[0])
-    shard = int(bitstreams.shards[0]) if bitstreams.shards else chunk
+    per_file = {Path(key).relative_to(path).as_posix(): v for key, v in sorted(counts.items())}
+    bitstreams = archive.reader("bitstreams")
+    chunk, shard = bitstreams.chunk, bitstreams.shard
     shard_files = {start // shard, (end - 1) // shard}
     shard_file_bytes = sum((path / "bitstreams" / "c" / str(s)).stat().st_size for s in shard_files)
     return {"trials": len(ids), "rchar": int(statistics.median(deltas)), "rchar_max": max(deltas),

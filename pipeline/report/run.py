@@ -48,7 +48,7 @@ import ray
 
 import latentzip
 from latentzip.pipeline.report import html as report_html
-from latentzip.pipeline.archive import open_archive
+from latentzip.pipeline.decoding import open_archive
 from latentzip.pipeline.report.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
 from latentzip.pipeline.cluster import cluster_cpus
 from latentzip.pipeline.report.outputs import (fmt, load_reference, plot_rd, reference_points, write_json,

@@ -1,4 +1,4 @@
-"""The training objective of the ``gaussian-vae`` architecture (codecs/gaussian_vae.py), for pipeline/training.py.
+"""The training objective of the ``gaussian-vae`` architecture (codecs/gaussian_vae.py), for pipeline/training/loop.py.
 
 The loop, Ray Train, DDP, checkpoints and resume are training.py's; this module says what differs for a VAE:
 

@@ -14,7 +14,6 @@
 """
 
 from latentzip.codecs.registry import list_codecs, load_codec, load_generative
-from latentzip.pipeline.archive import open_archive
-from latentzip.pipeline.decoding import decode_array, decode_image
+from latentzip.pipeline.decoding import decode_array, decode_image, open_archive
 
 __all__ = ["decode_array", "decode_image", "list_codecs", "load_codec", "load_generative", "open_archive"]

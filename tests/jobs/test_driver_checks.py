@@ -107,7 +107,7 @@ def test_rerun_with_nothing_to_do_and_a_few_ids_need_no_ray(encoded, photos, tin
     probe, _ = run_job("encode", [photos, "--model", tiny_codec_dir, "--archive", encoded])
     assert probe["code"] == 0
     assert_no_ray(probe)
-    assert len(open_archive(encoded).meta["jobs"]) == 2  # the rerun was recorded, and wrote nothing
+    assert len(open_archive(encoded).jobs()) == 2  # the rerun was recorded, and wrote nothing
 
     out = tmp_path / "two"
     probe, err = run_job("decode", [encoded, "--id", "p0.png", "--id", "p2.png", "-o", out])

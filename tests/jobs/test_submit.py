@@ -163,10 +163,9 @@ def test_submit_encode_then_a_failing_job(cluster, cache_dir, tiny_codec_dir, sa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stderr
     assert cluster["token"] not in result.stdout + result.stderr
-    from latentzip.pipeline.archive import open_archive
-    from latentzip.pipeline.verify import verify_archive
+    from latentzip.pipeline.decoding import open_archive, verify_with_model
 
-    report = verify_archive(archive)
+    report = verify_with_model(archive)
     assert report.ok, report.describe()
     # The job ran the shipped wheel: Ray pip-installed it into the job's py_modules directory.
     installed = [path for path in cluster["temp_dir"].rglob("submission.py") if "py_modules_files" in path.parts]

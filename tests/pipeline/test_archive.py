@@ -1,4 +1,4 @@
-"""The Zarr v3 archive (pipeline/archive.py), format 2: layout, appends, commit point, index, errors, integrity."""
+"""The Zarr v3 archive (pipeline/archive/): layout, appends, commit point, index, errors, integrity."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ from latentzip.pipeline.archive import (
     Item,
     ItemCorruptError,
     ItemNotFoundError,
+    Layout,
     open_archive,
 )
+from latentzip.pipeline.archive.arrays import ShardReader
+from latentzip.pipeline.archive.format import DEFAULT_LAYOUT
+from latentzip.pipeline.decoding import ModelUnavailableError
+from latentzip.pipeline.decoding import open_archive as open_decodable
 
 ARRAYS = {"bitstreams": "uint8", "ids": "uint8", "reasons": "uint8", "items": "int64", "segments": "int64"}
 
@@ -49,7 +54,7 @@ def test_plain_zarr_v3_reader_sees_the_layout(tmp_path, codec, tiny_codec_dir):
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["node_type"] == "group"
     meta = root["attributes"]["latentzip"]
-    assert meta["format_version"] == 3 and meta["count"] == 3 and meta["failures"] == 1
+    assert meta["format_version"] == 4 and meta["count"] == 3 and meta["failures"] == 1
     for name in (*ARRAYS, meta["index"]["array"]):
         array_meta = json.loads((path / name / "zarr.json").read_text())
         assert array_meta["zarr_format"] == 3 and array_meta["node_type"] == "array", name
@@ -89,7 +94,7 @@ def test_append_and_reopen_returns_same_bytes(tmp_path, codec, tiny_codec_dir):
     archive = open_archive(path)
     assert len(archive) == 5 and archive.ids == [item.id for item in first + second]
     assert archive.model_id == codec.card["model_id"]
-    assert archive.meta["sources"] == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert archive.sources() == ["shard-00000.parquet", "shard-00001.parquet"]
     for expected in first + second:
         assert expected.id in archive
         assert archive.item(expected.id) == expected
@@ -262,7 +267,7 @@ def test_decode_returns_image_of_stored_size(tmp_path, codec, tiny_codec_dir, sa
     items = [Item(f"img-{i}.png", codec.encode(image), image.height, image.width, "folder")
              for i, image in enumerate(sample_images[:3])]
     new_writer(path, codec, tiny_codec_dir).append(items)
-    archive = open_archive(path)
+    archive = open_decodable(path)
     for item, image in zip(items, sample_images):
         decoded = archive.decode(item.id)
         assert decoded.mode == "RGB"
@@ -277,8 +282,9 @@ def test_decode_refuses_a_model_ref_with_another_model(tmp_path, codec, tiny_cod
     writer = ArchiveWriter.open_or_create(path, codec.card, str(other_dir))
     image = sample_images[0]
     writer.append([Item("x.png", codec.encode(image), image.height, image.width, "folder")])
-    with pytest.raises(ArchiveError, match=codec.card["model_id"]):
-        open_archive(path).decode("x.png")
+    with pytest.raises(ModelUnavailableError, match=codec.card["model_id"]) as raised:  # names the id, 'x.png'
+        open_decodable(path).decode("x.png")
+    assert isinstance(raised.value.__cause__, ArchiveError) and "'x.png'" in str(raised.value)
 
 
 def test_verify_clean_then_problems_per_id(tmp_path, codec, tiny_codec_dir, sample_images, capsys):
@@ -311,40 +317,24 @@ def test_verify_clean_then_problems_per_id(tmp_path, codec, tiny_codec_dir, samp
     assert verify.main([str(tmp_path / "nothing.zarr")]) == 2
 
 
-#: The layout constants archives were created with before the one-id lookup tuning (64 KiB zstd chunks of
-#: bitstreams in 16 MiB shards, 1024-slot index chunks...): such archives must still read and append.
-OLD_LAYOUT = {
-    "_BYTE_ARRAYS": {"bitstreams": (1 << 16, 1 << 24), "ids": (1 << 14, 1 << 20), "reasons": (1 << 14, 1 << 20)},
-    "_TABLES": {"items": (12, 256, 1024), "segments": (12, 256, 4096)},
-    "_INDEX_CHUNK": 1024,
-    "_INDEX_SHARD": 1 << 16,
-    "_UNCOMPRESSED": set(),
-}
+#: The layout archives were created with before the one-id lookup tuning (64 KiB zstd chunks of bitstreams
+#: in 16 MiB shards, 1024-slot index chunks...): such archives must still read and append.
+OLD_LAYOUT = Layout(byte_arrays={"bitstreams": (1 << 16, 1 << 24), "ids": (1 << 14, 1 << 20), "reasons": (1 << 14, 1 << 20)},
+                    tables={"items": (12, 256, 1024), "segments": (12, 256, 4096)},
+                    uncompressed=frozenset(), index_chunk=1024, index_shard=1 << 16)
 
 
 def small_items(n: int, start: int = 0) -> list[Item]:
     return [Item(f"old/{i:05d}.png", f"stream-{i}-".encode() * (1 + i % 5), 32 + i % 7, 48, "s") for i in range(start, start + n)]
 
 
-def zarr_path_only(monkeypatch):
-    """Make lookups go through zarr (as for an archive on object storage) instead of direct shard reads."""
-    from latentzip.pipeline import archive as archive_module
-
-    monkeypatch.setattr(archive_module._ShardReader, "open", staticmethod(lambda folder: None))
-
-
-def test_archive_with_the_old_layout_still_reads_and_appends(tmp_path, codec, tiny_codec_dir, monkeypatch):
-    from latentzip.pipeline import archive as archive_module
-
+def test_archive_with_the_old_layout_still_reads_and_appends(tmp_path, codec, tiny_codec_dir):
     path = tmp_path / "old.zarr"
     first = small_items(300)
-    with monkeypatch.context() as old:
-        for name, value in OLD_LAYOUT.items():
-            old.setattr(archive_module, name, value)
-        writer = new_writer(path, codec, tiny_codec_dir)
-        writer.append(first[:200], unit="u0")
-        writer.append(first[200:], unit="u1")
-        writer.update_index()
+    writer = ArchiveWriter.open_or_create(path, codec.card, str(tiny_codec_dir), layout=OLD_LAYOUT)
+    writer.append(first[:200], unit="u0")
+    writer.append(first[200:], unit="u1")
+    writer.update_index()
     group = zarr.open_group(str(path), mode="r")
     old_index = group.attrs["latentzip"]["index"]["array"]
     assert group["bitstreams"].chunks == (1 << 16,) and group["bitstreams"].shards == (1 << 24,)
@@ -367,39 +357,34 @@ def test_archive_with_the_old_layout_still_reads_and_appends(tmp_path, codec, ti
     group = zarr.open_group(str(path), mode="r")
     new_index = group.attrs["latentzip"]["index"]["array"]
     assert new_index != old_index and old_index not in group
-    assert group[new_index].chunks == (archive_module._INDEX_CHUNK, 2)
+    assert group[new_index].chunks == (DEFAULT_LAYOUT.index_chunk, 2)
     assert group["bitstreams"].chunks == (1 << 16,)  # arrays keep their layout
     everything = first + more
     archive = open_archive(path)
     assert archive.ids == [item.id for item in everything]
     sample = everything[::37] + [everything[-1]]
     assert [archive.item(item.id) for item in sample] == sample
-    zarr_path_only(monkeypatch)
-    archive = open_archive(path)
+    archive = open_archive(path, direct=False)  # through zarr, as on object storage
     assert [archive.item(item.id) for item in sample] == sample and "old/99999.png" not in archive
 
 
 def test_new_layout_is_small_chunks_and_raw_bitstreams(tmp_path, codec, tiny_codec_dir):
-    from latentzip.pipeline import archive as archive_module
-
     path = tmp_path / "a.zarr"
     writer = new_writer(path, codec, tiny_codec_dir)
     writer.append(small_items(50))
     writer.update_index()
     group = zarr.open_group(str(path), mode="r")
-    for name, (chunk, shard) in archive_module._BYTE_ARRAYS.items():
+    for name, (chunk, shard) in DEFAULT_LAYOUT.byte_arrays.items():
         assert (group[name].chunks, group[name].shards) == ((chunk,), (shard,)), name
     assert group["bitstreams"].chunks == (4096,) and group["bitstreams"].shards[0] // 4096 <= 256
     codecs = json.loads((path / "bitstreams" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
     assert [c["name"] for c in codecs] == ["bytes", "crc32c"]  # entropy-coded bytes: no zstd
     index = group[group.attrs["latentzip"]["index"]["array"]]
-    assert index.chunks == (archive_module._INDEX_CHUNK, 2) and group["items"].chunks == (32, 12)
+    assert index.chunks == (DEFAULT_LAYOUT.index_chunk, 2) and group["items"].chunks == (32, 12)
 
 
 def test_direct_shard_reads_match_zarr(tmp_path, codec, tiny_codec_dir):
     """The direct reader of a local archive returns what zarr returns, for any range of any array."""
-    from latentzip.pipeline.archive import _ShardReader
-
     path = tmp_path / "a.zarr"
     writer = new_writer(path, codec, tiny_codec_dir)
     items = make_items(400)  # ~0.6 MB of bitstreams: several shards, items straddling chunk boundaries
@@ -409,7 +394,7 @@ def test_direct_shard_reads_match_zarr(tmp_path, codec, tiny_codec_dir):
     group = zarr.open_group(str(path), mode="r")
     rng = np.random.default_rng(0)
     for name in (*ARRAYS, group.attrs["latentzip"]["index"]["array"]):
-        array, reader = group[name], _ShardReader.open(path / name)
+        array, reader = group[name], ShardReader.open(path / name)
         assert reader is not None, name
         n = array.shape[0]
         for _ in range(40):
@@ -418,17 +403,16 @@ def test_direct_shard_reads_match_zarr(tmp_path, codec, tiny_codec_dir):
             assert np.array_equal(reader.read(start, stop), array[start:stop]), (name, start, stop)
     # A layout this reader does not know (e.g. unsharded) is left to zarr.
     zarr.create_array(str(tmp_path / "plain"), shape=(10,), dtype="uint8", chunks=(5,))
-    assert _ShardReader.open(tmp_path / "plain") is None
+    assert ShardReader.open(tmp_path / "plain") is None
 
 
 @pytest.mark.parametrize("route", ["direct", "zarr"])
-def test_lookup_checks_on_both_read_paths(tmp_path, codec, tiny_codec_dir, monkeypatch, route):
+def test_lookup_checks_on_both_read_paths(tmp_path, codec, tiny_codec_dir, route):
     path = tmp_path / "a.zarr"
     items = make_items(40)
     new_writer(path, codec, tiny_codec_dir).append(items)
-    if route == "zarr":
-        zarr_path_only(monkeypatch)
-    archive = open_archive(path)
+    direct = route == "direct"
+    archive = open_archive(path, direct=direct)
     assert [archive.item(item.id) for item in items] == items
     assert archive.position(items[7].id) == 7 and items[7].id in archive
     with pytest.raises(ItemNotFoundError, match="no/such.png"):
@@ -438,7 +422,7 @@ def test_lookup_checks_on_both_read_paths(tmp_path, codec, tiny_codec_dir, monke
     position = archive.byte_range(items[3].id)[0] + 2
     group["bitstreams"][position] = int(group["bitstreams"][position]) ^ 0x01
     with pytest.raises(ItemCorruptError, match=items[3].id):
-        open_archive(path).item(items[3].id)
+        open_archive(path, direct=direct).item(items[3].id)
     # A damaged chunk in the shard file: the chunk's crc32c catches it.
     [shard] = (path / "bitstreams").rglob("c/*")
     raw = bytearray(shard.read_bytes())
@@ -448,5 +432,5 @@ def test_lookup_checks_on_both_read_paths(tmp_path, codec, tiny_codec_dir, monke
     raw[at // chunk * (chunk + 4) + at % chunk] ^= 0x40  # raw chunks (+ their 4-byte crc32c), in order
     shard.write_bytes(bytes(raw))
     with pytest.raises(ItemCorruptError, match="chunk"):
-        open_archive(path).item(items[35].id)
-    assert open_archive(path).item(items[0].id) == items[0]
+        open_archive(path, direct=direct).item(items[35].id)
+    assert open_archive(path, direct=direct).item(items[0].id) == items[0]

@@ -9,8 +9,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from latentzip.pipeline.archive import ItemCorruptError, ItemNotFoundError, open_archive
-from latentzip.pipeline.decoding import (DecodeError, ModelUnavailableError, decode_archive, decode_array,
+from latentzip.pipeline.archive import ItemCorruptError, ItemNotFoundError
+from latentzip.pipeline.decoding import (DecodeError, ModelUnavailableError, decode_archive, decode_array, open_archive,
                                          decode_image, output_path, parse_range, read_parquet_images, select_ids)
 from latentzip.pipeline.encoding import encode
 from latentzip.pipeline.shards import ingest

@@ -119,7 +119,7 @@ def test_encode_job_puts_every_good_image_in_the_archive_once(ray_local, ingeste
     # Provenance: each item names the shard it came from, and the archive lists shards (the units of work,
     # each with its completion marker), not files.
     shards = sorted(str(p) for p in (root / "shards").glob("shard-*.parquet"))
-    assert sorted(archive.meta["sources"]) == shards
+    assert sorted(archive.sources()) == shards
     assert archive.meta["segments"] == len(shards)
     for path in shards:
         for item_id in pq.read_table(path, columns=["id"]).column("id").to_pylist():
@@ -129,7 +129,7 @@ def test_encode_job_puts_every_good_image_in_the_archive_once(ray_local, ingeste
     assert [f.id for f in failures] == [BAD_ID] and failures[0].reason
     assert failures[0].source.endswith("shard-00099.parquet")
     assert archive.meta["model_ref"] == str(tiny_codec_dir)
-    job = archive.meta["jobs"][-1]
+    job = archive.jobs()[-1]
     assert job["job_id"] == summary.job_id and job["images"] == len(folder.good) and "finished" in job
 
     # The same command again: nothing new is encoded, the count stays, the failure is not duplicated.
@@ -141,7 +141,7 @@ def test_encode_job_puts_every_good_image_in_the_archive_once(ray_local, ingeste
     assert reopened.meta["count"] == len(archive) and reopened.ids == archive.ids
     assert reopened.meta["segments"] == archive.meta["segments"]
     assert [f.id for f in reopened.errors()] == [BAD_ID]
-    assert len(reopened.meta["jobs"]) == 2
+    assert len(reopened.jobs()) == 2
 
 
 def test_encode_job_with_everything_done_skips_without_ray(ray_local, tmp_path, image_folder_factory,

@@ -63,7 +63,7 @@ def s3(s3_endpoint, monkeypatch):
 
 def test_encode_to_s3_and_decode_back(s3, ray_local, tiny_codec_dir, sample_images, tmp_path, capsys):
     from latentzip.jobs import decode, encode, verify
-    from latentzip.pipeline.archive import open_archive
+    from latentzip.pipeline.decoding import open_archive
     from latentzip.pipeline.shards import ingest
 
     photos = tmp_path / "photos"
@@ -148,7 +148,7 @@ def test_folder_and_shards_on_s3_encode_into_s3_archive(s3, s3_endpoint, tiny_co
     """An image folder on S3 -> archive on S3 (its workers read the bucket); ingest S3 -> S3 shards, and the
     shards -> a second archive; the stored streams are the codec's own for every image."""
     from latentzip.codecs.registry import load_codec
-    from latentzip.pipeline.archive import open_archive
+    from latentzip.pipeline.decoding import open_archive
     from latentzip.pipeline.encoding import list_units
     from latentzip.pipeline.shards import ingest, shard_paths
 

@@ -3,18 +3,18 @@
 ``Archive.scan`` and ``Archive.listing`` (and through them ``Archive.ids``, ``errors``, ``decode --all``
 and ``verify``) walk the committed segments here. Each row of ``segments`` is checked against the arrays'
 sizes and the attributes before its ranges are read, and each ``items`` row against its segment's byte
-ranges, its ``source`` against ``sources`` and its ``key`` against its id (:mod:`archive_checks`), so a
+ranges, its ``source`` against the archive's sources and its ``key`` against its id (:mod:`.checks`), so a
 damaged or crafted archive yields problems, by id or by ``<segment N row R>`` when no id can be read,
-instead of exceptions, wrong ids or allocations of forged sizes. Reads go through the archive's public
-methods: this module imports no zarr.
+instead of exceptions, wrong ids or allocations of forged sizes. Reads go through the archive's reading
+methods (the reader interface of :mod:`.arrays`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from latentzip.pipeline.archive import ITEM_COLUMNS, OK, I, S, id_key
-from latentzip.pipeline.archive_checks import describe_exception, id_text, record_problem, segment_problem
+from latentzip.pipeline.archive.checks import describe_exception, record_problem, segment_problem
+from latentzip.pipeline.archive.format import ITEM_COLUMNS, OK, I, S, id_key, id_text
 
 
 def scan(archive, segments: np.ndarray | None = None):
@@ -31,7 +31,7 @@ def scan(archive, segments: np.ndarray | None = None):
             return
         if len(segments) != meta["segments"]:
             yield -1, None, empty, [], f"attributes claim {meta['segments']} segments, `segments` holds {len(segments)}"
-    shapes, sources, jobs = archive.shapes(), len(meta["sources"]), len(meta["jobs"])
+    shapes, sources, jobs = archive.shapes(), archive.num_sources, archive.provenance.num_jobs
     for number, seg in enumerate(segments):
         problem = segment_problem(seg, number, shapes, sources, jobs, meta["count"] + meta["failures"])
         rows, named = empty, []

@@ -1,74 +1,16 @@
 """What an archive's own records may claim, checked before anything is read or allocated from them.
 
-The archive's errors, its per-item checksums (format 2: the bitstream; format 3: the id and the bitstream)
-and bounds checks of the group attributes, the ``segments`` rows and the ``items`` rows against each other
-and against the arrays' sizes. Pure functions of numbers already read: no zarr, no file system, so
-:mod:`latentzip.pipeline.archive` (which reads) and :mod:`latentzip.pipeline.verify` (which reports) share
-one definition of "consistent". A check returns what is wrong as a sentence, or None.
+Bounds checks of the group attributes, the ``segments`` rows and the ``items`` rows against each other and
+against the arrays' sizes. Pure functions of numbers already read: no zarr, no file system, so the reader
+(:mod:`.reader`), the listing (:mod:`.listing`) and ``verify`` (:mod:`.verify`) share one definition of
+"consistent". A check returns what is wrong as a sentence, or None.
 """
 
 from __future__ import annotations
 
-import struct
+from latentzip.pipeline.archive.format import FAILED, OK, RECORDS_VERSION
 
-import google_crc32c
-
-#: Format versions this release reads; new archives are written in the last one.
-READ_VERSIONS = (2, 3)
-#: The first format whose ``checksum`` column covers the id as well as the bitstream.
-ID_BOUND_VERSION = 3
-OK, FAILED = 0, 1
 _MAX_INT64 = (1 << 63) - 1
-
-
-class ArchiveError(ValueError):
-    """An archive cannot be opened or written: unknown format or version, or another model's archive."""
-
-
-class ArchiveCorruptError(ArchiveError):
-    """The archive's attributes, arrays or records contradict each other or the layout (a damaged archive)."""
-
-
-class RemoteModelRefusedError(ArchiveError):
-    """An archive names a remote model location, and the caller did not ask for it to be fetched."""
-
-
-class ItemNotFoundError(KeyError):
-    """No item with this id in the archive."""
-
-
-class ItemCorruptError(ArchiveError):
-    """An item's stored bytes or record do not match their checksum or the arrays (names the id)."""
-
-
-def item_checksum(version: int, id_bytes: bytes, data: bytes) -> int:
-    """The ``checksum`` column of an encoded row: CRC-32C of the bitstream (format 2), or of the id's length
-    (8 bytes, little-endian), the id's UTF-8 bytes and the bitstream (format 3), so a row whose id and bytes
-    were moved, swapped or duplicated apart fails it."""
-    if version < ID_BOUND_VERSION:
-        return int(google_crc32c.value(data))
-    crc = google_crc32c.extend(0, struct.pack("<Q", len(id_bytes)))
-    crc = google_crc32c.extend(crc, id_bytes)
-    return int(google_crc32c.extend(crc, data))
-
-
-def id_bytes(item_id: str) -> bytes:
-    """The stored bytes of an id (an id read back from undecodable bytes round-trips, see :func:`id_text`)."""
-    return item_id.encode("utf-8", "surrogateescape")
-
-
-def id_text(raw: bytes) -> str:
-    """An id's stored bytes as text; bytes that are not UTF-8 become lone surrogates (as Python does for file
-    names), so the id can still be named, listed and refused per id instead of stopping a whole listing."""
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def is_utf8(item_id: str) -> bool:
-    try:
-        item_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _int(value) -> bool:
@@ -92,8 +34,13 @@ def meta_problems(meta: dict) -> list[str]:
     need("codec", lambda v: isinstance(v, dict), "a codec config")
     for key in ("segments", "count", "failures"):
         need(key, count, "a count")
-    need("sources", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of names")
-    need("jobs", lambda v: isinstance(v, list) and all(isinstance(j, dict) for j in v), "a list of job records")
+    if isinstance(meta.get("format_version"), int) and meta["format_version"] >= RECORDS_VERSION:
+        # Provenance records live under provenance/: the attributes count them (see .provenance).
+        need("num_sources", count, "a count")
+        need("num_jobs", count, "a count")
+    else:
+        need("sources", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of names")
+        need("jobs", lambda v: isinstance(v, list) and all(isinstance(j, dict) for j in v), "a list of job records")
     need("ends", lambda v: isinstance(v, dict), "a dict")
     if isinstance(meta.get("ends"), dict):
         for key in ("items", "ids", "bitstreams", "reasons"):

@@ -1,11 +1,12 @@
-"""Verify an archive: every item's bytes against its checksum, the index against the items, the counts
-against the group attributes, the archive's model, and optionally a decoded sample. Problems are reported
-per id, per segment or per array.
+"""Verify an archive's storage: every item's bytes against its checksum and its stream header, the index
+against the items, the counts against the group attributes, the provenance records. Problems are reported
+per id, per segment or per array. (That the archive's model loads and decodes a sample is checked by
+:func:`latentzip.pipeline.decoding.verify_with_model`, which runs this first: no model is loaded here.)
 
 Never raises for a damaged archive: whatever zarr, numcodecs or the file system raise while one part is
 read becomes a finding for that part, and the rest is still checked. Reads every segment once, in order
-(memory: one segment's bytes plus the index); uses only the public reading methods of
-:class:`~latentzip.pipeline.archive.Archive`, so it needs no zarr of its own.
+(memory: one segment's bytes plus the index) through the reading methods of
+:class:`~latentzip.pipeline.archive.Archive`.
 
 Format 3 archives checksum each id together with its bytes, so a row moved, swapped or duplicated fails
 it. Format 2 archives checksum the bytes only: verify still checks each id's hash (``key``), the index
@@ -15,7 +16,6 @@ note says so).
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from latentzip.codecs.bitstream import BitstreamError, unpack
-from latentzip.pipeline.archive import (FAILED, ArchiveCorruptError, I, S, id_bytes, id_key, item_checksum,
-                                        open_archive)
-from latentzip.pipeline.archive_checks import ID_BOUND_VERSION, describe_exception, index_problems
-
-ARRAYS = ("items", "ids", "bitstreams", "reasons", "segments")
+from latentzip.pipeline.archive.checks import describe_exception, index_problems
+from latentzip.pipeline.archive.format import (ARRAYS, FAILED, ID_BOUND_VERSION, ArchiveCorruptError, I, S, id_bytes,
+                                               id_key, item_checksum)
+from latentzip.pipeline.archive.reader import open_archive
 
 
 @dataclass
@@ -38,6 +37,7 @@ class VerifyReport:
     decoded: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)  # (id or "<archive>", what is wrong)
     notes: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # the encoded ids checked, sorted
 
     @property
     def ok(self) -> bool:
@@ -58,15 +58,15 @@ def _odd(item_id: str) -> bool:
     return not item_id or item_id != item_id.strip() or not item_id.isprintable()
 
 
-def verify_archive(path, decode_sample: int = 0, seed: int = 0, model: str | None = None,
-                   allow_model_urls=()) -> VerifyReport:
-    """Check an archive (a path or URL, or an :class:`~latentzip.pipeline.archive.Archive` already open,
-    whose ``model`` options then apply); raises ArchiveError only when ``path`` is not a latentzip archive
-    of a version this release reads (damaged attributes are a finding)."""
+def verify_archive(path) -> VerifyReport:
+    """Check an archive's storage (a path or URL, or an :class:`~.reader.Archive` already open): items,
+    index, counts, provenance records. Raises ArchiveError only when ``path`` is not a latentzip archive of a
+    version this release reads (damaged attributes are a finding). Whether its model loads and decodes is
+    :func:`latentzip.pipeline.decoding.verify_with_model`'s part (``latentzip verify`` runs both)."""
     if isinstance(path, (str, Path)):
         report = VerifyReport(str(path))
         try:
-            archive = open_archive(path, model=model, allow_model_urls=allow_model_urls)
+            archive = open_archive(path)
         except ArchiveCorruptError as exc:
             report.problems.append(("<archive>", str(exc)))
             return report
@@ -77,23 +77,25 @@ def verify_archive(path, decode_sample: int = 0, seed: int = 0, model: str | Non
                             "whose bytes and checksums were exchanged are not detected (format 3 binds them)")
     for name in ARRAYS:
         if name not in archive.shapes():
-            report.problems.append((f"<{name}>", f"array cannot be opened: {_why_not(archive, name)}"))
+            report.problems.append((f"<{name}>", f"array cannot be opened: {archive.array_problem(name)}"))
+    _check_provenance(archive, report)
     rows_of, unindexed = _check_items(archive, report)
     _check_index(archive, rows_of, unindexed, report)
     if report.items != archive.meta["count"] or report.failures != archive.meta["failures"]:
         report.problems.append(("<archive>", f"attributes count {archive.meta['count']} items and "
                                              f"{archive.meta['failures']} failures; the segments hold {report.items} "
                                              f"and {report.failures}"))
-    _check_model(archive, rows_of, decode_sample, seed, report)
+    report.ids = sorted(rows_of)
     return report
 
 
-def _why_not(archive, name: str) -> str:
-    try:
-        archive.group[name]
-    except Exception as exc:  # noqa: BLE001 - the reason is the finding
-        return describe_exception(exc)
-    return "unknown"
+def _check_provenance(archive, report: VerifyReport) -> None:
+    """Every source and job record the attributes count can be read (format 4 keeps them as files)."""
+    for what, read in (("sources", archive.sources), ("jobs", archive.jobs)):
+        try:
+            read()
+        except Exception as exc:  # noqa: BLE001 - a missing or damaged record is a finding
+            report.problems.append(("<provenance>", f"{what}: {describe_exception(exc)}"))
 
 
 def _check_items(archive, report: VerifyReport) -> tuple[dict[str, int], set[int]]:
@@ -214,25 +216,3 @@ def _check_index(archive, rows_of: dict[str, int], unindexed: set[int], report: 
     if unindexed:
         report.notes.append(f"{len(unindexed)} items of segments committed after the index was last updated "
                             "(looked up by scanning; the next writer folds them in)")
-
-
-def _check_model(archive, rows_of: dict[str, int], decode_sample: int, seed: int, report: VerifyReport) -> None:
-    """The model the archive names loads and is the one that wrote it, and a sample of ids decodes to the
-    size its row records. A remote model is fetched only when asked (``model``, ``allow_model_urls``), as
-    decode does; otherwise that is a problem: the archive cannot be decoded as it stands."""
-    try:
-        archive.codec()
-    except Exception as exc:  # noqa: BLE001 - an archive whose model cannot be loaded cannot be decoded here
-        report.problems.append(("<model>", f"{describe_exception(exc)}"))
-        return
-    ids = sorted(rows_of)
-    for item_id in random.Random(seed).sample(ids, min(decode_sample, len(ids))):
-        try:
-            image = archive.decode(item_id)
-            record = archive.item(item_id)
-            if image.size != (record.width, record.height):
-                raise ValueError(f"decodes to {image.size[0]}x{image.size[1]}, the row says {record.width}x{record.height}")
-            report.decoded += 1
-        except Exception as exc:  # noqa: BLE001 - reported per id
-            report.problems.append((item_id, f"decode failed: {type(exc).__name__}: {exc}"))
-
