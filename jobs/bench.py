@@ -34,6 +34,7 @@ from pathlib import Path
 
 from latentzip.jobs.arguments import Parser, fail
 
+
 #: Where the project's validation photos live, relative to a checkout (users pass --images).
 DEFAULT_IMAGES = Path("../shared/data/photos/val")
 
@@ -176,19 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: ``bench train``'s recipe: the zoo's model and patches, one worker per run (the DDP run sets its own).
-BENCH_TRAIN_RECIPE = {"arch": "mean-scale-hyperprior", "N": 64, "M": 96, "batch_size": 4, "patch_size": 128,
-                      "lr": 1e-4, "checkpoint_every": 500, "num_workers": 1}
-
-
-def _bench_config(args):
-    """The TrainConfig of the timed runs, made as ``latentzip train`` makes its own (training.config)."""
-    from latentzip.jobs.arguments import train_options
-    from latentzip.pipeline.training.config import build_config
-
-    return build_config(train_options(args, exclude=("steps", "workers")), args.config, BENCH_TRAIN_RECIPE)
-
-
 def add_serve_read(benchmarks) -> None:
     sv = benchmarks.add_parser("serve", help="`latentzip serve` under load: batching on vs off, vs static PNG files",
                                description="A bounded load test on 127.0.0.1: concurrent clients for a fixed time "
@@ -221,72 +209,10 @@ def add_serve_read(benchmarks) -> None:
     rd.add_argument("--out", required=True, type=Path, help="FILE.json or FILE.md")
 
 
-def _serve_read(args) -> int:
-    if args.out.suffix not in (".json", ".md"):
-        return fail(f"bench {args.benchmark}", "--out must end in .json or .md")
-    if args.benchmark == "read":
-        from latentzip.pipeline.bench.read import bench_read, markdown, write_result
-
-        result = bench_read(args.archive, model=args.model, count=args.count, size=args.size,
-                            batch_size=args.batch_size, workers=args.workers, epochs=args.epochs,
-                            jpeg_quality=args.jpeg_quality, workdir=args.workdir)
-    else:
-        from latentzip.pipeline.bench.serve import bench_serve, markdown, write_result
-        from latentzip.pipeline.cluster import ensure_ray
-
-        ensure_ray()
-        result = bench_serve(args.archive, model=args.model, count=args.count, size=args.size, clients=args.clients,
-                             seconds=args.seconds, repeats=args.repeats, max_batch_size=args.max_batch_size,
-                             batch_wait_ms=args.batch_wait_ms, workdir=args.workdir)
-    print(markdown(result), end="")
-    print(f"written to {write_result(result, args.out)}")
-    return 0
-
-
-def _train_variants(args) -> int:
-    import json
-
-    from latentzip.pipeline.bench import train_variants as bench
-
-    variants = bench.check_variants([name.strip() for name in args.variants.split(",") if name.strip()])
-    threads = [int(value) for value in args.threads.split(",")]
-    if args.ab_steps and args.val is None:
-        raise ValueError("--ab-steps needs --val (the images the variants are validated on)")
-    init, codec_config, lmbda = bench.init_weights(args.init_from)
-    config = bench.config_for(_bench_config(args), codec_config, lmbda, args.ab_steps)
-    result = bench.bench_variants(args.data, config, variants, steps=args.steps, threads=threads,
-                                  repeats=args.repeats, concurrent=args.concurrent, ab_steps=args.ab_steps,
-                                  val=args.val, init=init, init_name=args.init_from)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n" if args.out.suffix == ".json"
-                        else "# Training step variants\n\n" + bench.markdown(result))
-    print(bench.markdown(result), end="")
-    print(f"written to {args.out}")
-    return 0
-
-
-def _train(args) -> int:
-    import json
-
-    if args.variants:
-        return _train_variants(args)
-    from latentzip.pipeline.bench.train import bench_train, markdown
-    from latentzip.pipeline.cluster import ensure_ray
-
-    config = _bench_config(args)
-    ensure_ray()
-    result = bench_train(args.data, config, steps=args.steps, threads=int(args.threads), workers=args.workers,
-                         repeats=args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n" if args.out.suffix == ".json"
-                        else "# Ray Train vs a plain loop\n\n" + markdown(result))
-    print(markdown(result), end="")
-    print(f"written to {args.out}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from latentzip.jobs import bench_runs as run
+
     if args.benchmark == "startup":
         from latentzip.pipeline.bench.startup import bench_startup, markdown, write_result
 
@@ -295,24 +221,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written to {write_result(result, args.out)}")
         return 0
     if args.benchmark in ("serve", "read"):
-        return _serve_read(args)
+        return run.serve_read(args)
     if args.benchmark == "decode":
-        return _decode(args)
+        return run.decode(args)
     if args.benchmark == "archive-commit":
-        return _archive_commit(args)
+        return run.archive_commit(args)
     if args.benchmark == "anomaly":
-        return _anomaly(args)
+        return run.anomaly(args)
     if args.benchmark == "digits":
-        return _digits(args)
+        return run.digits(args)
     if args.benchmark == "encode":
-        return _encode(args)
+        return run.encode(args)
     if args.benchmark == "train":
         try:
-            return _train(args)
+            return run.train(args)
         except (ValueError, FileNotFoundError) as exc:
             return fail("bench train", exc)
     try:
-        return _rd(args)
+        return run.rd(args)
     except (ValueError, FileNotFoundError) as exc:
         return fail(f"bench {args.benchmark}", exc)
 
@@ -321,153 +247,6 @@ def _steps_list(text: str) -> list[int]:
     from latentzip.jobs.report import _steps_list as parse
 
     return parse(text)
-
-
-def _rd(args) -> int:
-    from latentzip.codecs.classical import FORMATS
-    from latentzip.codecs.registry import codec_directory, zoo_models
-    from latentzip.pipeline.bench.rd import rd_benchmark, write_rd
-
-    if args.out.suffix not in (".json", ".md"):
-        raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-    against = [] if args.against == "none" else [c.strip() for c in args.against.split(",") if c.strip()]
-    unknown = [c for c in against if c not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown classical codec(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    from latentzip.codecs.registry import refuse_generative
-
-    names = args.codecs or list(zoo_models("codec"))
-    if not names:
-        raise ValueError("no models given and the zoo is empty")
-    for name in names:
-        refuse_generative(name, "bench rd")
-    directories = [codec_directory(name) for name in names]
-    if not args.images.is_dir():
-        raise FileNotFoundError(f"no image folder at {args.images} (give one with --images)")
-    classical = None
-    if against:
-        from latentzip.pipeline.cluster import ensure_ray
-        from latentzip.pipeline.report.run import report
-
-        ensure_ray()
-        classical = report([], args.images, args.out.with_name(args.out.stem + "-report"), classical=against,
-                           models=[str(d) for d in directories], refine_steps=args.refine_steps)
-    result = rd_benchmark(directories, args.images, max_side=args.max_side, max_batch=args.max_batch,
-                          repeats=args.repeats)
-    path = write_rd(result, args.out, classical)
-    print(result.table())
-    if classical is not None:
-        print(f"classical report: {classical.markdown} (HTML {classical.html})")
-    print(f"written to {path}")
-    return 0
-
-
-def _encode(args) -> int:
-    from latentzip.pipeline.bench.encode import bench_encode, write_result
-
-    try:
-        if args.out.suffix not in (".json", ".md"):
-            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        if args.repeat < 1:
-            raise ValueError("--repeat must be at least 1")
-        result = bench_encode(args.model, args.images, count=args.count, threads=args.threads,
-                              max_batch=args.max_batch, lookup_images=args.lookup_images,
-                              repeats=args.repeat, profile=args.profile, overhead_images=args.overhead_images)
-        path = write_result(result, args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        return fail("bench encode", exc)
-    print(result.table())
-    print(f"written to {path}")
-    return 0
-
-
-def _anomaly(args) -> int:
-    from latentzip.codecs.registry import UnknownCodecError, is_generative
-    from latentzip.pipeline.bench.anomaly import anomaly_benchmark, write_anomaly
-
-    if is_generative(args.model):
-        return _vae_anomaly(args)
-    try:
-        if args.out.suffix not in (".json", ".md"):
-            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        result = anomaly_benchmark(args.model, args.normal, max_side=args.max_side, recall=args.recall)
-        path = write_anomaly(result, args.out)
-    except (UnknownCodecError, ValueError, FileNotFoundError) as exc:
-        return fail("bench anomaly", exc)
-    print(result.table())
-    print(f"written to {path}")
-    return 0
-
-
-def _vae_anomaly(args) -> int:
-    from latentzip.pipeline.bench.digits import vae_anomaly_benchmark, write_result
-
-    try:
-        if args.out.suffix not in (".json", ".md"):
-            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        result = vae_anomaly_benchmark(args.model, recall=args.recall, seed=args.seed)
-        path = write_result(result, args.out, "Anomaly benchmark (gaussian-vae, digits)")
-    except (ValueError, FileNotFoundError) as exc:
-        return fail("bench anomaly", exc)
-    print(result.table())
-    print(f"written to {path}")
-    return 0
-
-
-def _digits(args) -> int:
-    from latentzip.pipeline.bench.digits import digits_benchmark, write_result
-
-    try:
-        if args.out.suffix not in (".json", ".md"):
-            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        if args.samples < 1:
-            raise ValueError(f"-n must be at least 1, got {args.samples}")
-        result = digits_benchmark(args.model, samples=args.samples, temperature=args.temperature, seed=args.seed,
-                                  threshold=args.threshold, kind=args.classifier)
-        path = write_result(result, args.out, "Digits benchmark: are the samples digits?")
-    except (ValueError, FileNotFoundError) as exc:
-        return fail("bench digits", exc)
-    print(result.table())
-    print(f"written to {path}")
-    return 0
-
-
-def _decode(args) -> int:
-    from latentzip.pipeline.bench.decode import bench_decode, write_result
-
-    try:
-        if args.out.suffix not in (".json", ".md"):
-            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        if args.batch_images:
-            from latentzip.pipeline.cluster import ensure_ray
-
-            ensure_ray()
-        result = bench_decode(args.archive, count=args.count, trials=args.trials, batch_images=args.batch_images,
-                              threads=args.threads, model=args.model, images=args.images, workdir=args.workdir)
-        path = write_result(result, args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        return fail("bench decode", exc)
-    print(result.table())
-    print(f"written to {path}")
-    return 0
-
-
-def _archive_commit(args) -> int:
-    from latentzip.pipeline.bench.archive_commit import bench_archive_commit, table, write_result
-
-    try:
-        if args.out.suffix not in (".json", ".md"):
-            raise ValueError(f"--out must end in .json or .md, got {args.out.name}")
-        units = [int(n) for n in args.units.split(",")]
-        versions = [int(v) for v in args.versions.split(",")]
-        if min(units) < 1 or not set(versions) <= {2, 3, 4}:
-            raise ValueError("--units must be positive counts, --versions among 2, 3, 4")
-        results = bench_archive_commit(units, versions, workdir=args.workdir)
-    except ValueError as exc:
-        return fail("bench archive-commit", exc)
-    print(table(results))
-    print(f"written to {write_result(results, args.out)}")
-    return 0
 
 
 if __name__ == "__main__":
