@@ -59,11 +59,11 @@ class JobNotFoundError(SubmitError):
 # ---------------------------------------------------------------------------------------------- the wheel
 
 def find_source_root(start: Path | None = None) -> Path:
-    """The latentzip source tree: the folder holding pyproject.toml and pipeline/ (found from this module)."""
+    """The latentzip source tree: the folder holding pyproject.toml and jobs/submission.py (found from this module)."""
     candidates = [start] if start is not None else [Path(__file__).resolve().parent, Path.cwd()]
     for candidate in candidates:
         for folder in (candidate, *candidate.parents):
-            if (folder / "pyproject.toml").is_file() and (folder / "pipeline" / "submission.py").is_file():
+            if (folder / "pyproject.toml").is_file() and (folder / "jobs" / "submission.py").is_file():
                 return folder
     raise SubmitError("cannot find the latentzip source tree (pyproject.toml) to build a wheel from; "
                       "pass --wheel with a built wheel instead")
