@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check(args) -> str | None:
     """Everything checkable before Ray starts; returns the token (or None). Raises ValueError / OSError."""
-    from latentzip.pipeline.archive import open_archive
+    from latentzip.pipeline.decoding import open_archive
     from latentzip.pipeline.decoding import archive_codec
     from latentzip.pipeline.serving import read_token_file
 

@@ -30,7 +30,7 @@ class _ArchiveSource:
 
     def __init__(self, path, ids=None, output: str = "tensor", transform=None, model: str | None = None,
                  return_ids: bool = False):
-        from latentzip.pipeline.archive import open_archive
+        from latentzip.pipeline.decoding import open_archive
 
         self.path = str(path)
         self.output = check_output(output)
@@ -49,7 +49,7 @@ class _ArchiveSource:
     @property
     def archive(self):
         if self._archive is None:
-            from latentzip.pipeline.archive import open_archive
+            from latentzip.pipeline.decoding import open_archive
 
             self._archive = open_archive(self.path, model=self.model)
         return self._archive

@@ -19,7 +19,7 @@ class ArchiveDecodeStage:
     """Ray Data callable class: a batch of ids -> decoded rows (runs without Ray in a unit test too)."""
 
     def __init__(self, archive: str, output: str = "image", model: str | None = None, allow_model_urls=()):
-        from latentzip.pipeline.archive import open_archive
+        from latentzip.pipeline.decoding import open_archive
 
         self.archive = open_archive(archive, model=model, allow_model_urls=allow_model_urls)
         self.output = check_output(output)
@@ -53,7 +53,7 @@ def read_archive(path, ids: list[str] | None = None, output: str = "image", batc
     (default: the cluster's CPUs less one, at least one). Starts an embedded Ray unless one runs."""
     import ray
 
-    from latentzip.pipeline.archive import open_archive
+    from latentzip.pipeline.decoding import open_archive
     from latentzip.pipeline.cluster import cluster_cpus, ensure_ray
 
     check_output(output)

@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from latentzip.pipeline.archive import ItemNotFoundError, open_archive
+from latentzip.pipeline.decoding import open_archive as open_decodable
 from latentzip.pipeline.batch_decode import decode_pngs, etag
 from latentzip.pipeline.decoding import archive_codec
 
@@ -144,7 +145,7 @@ class Decoder:
         import torch
 
         torch.set_num_threads(threads)
-        self.archive = open_archive(archive, model=model, allow_model_urls=allow_model_urls)
+        self.archive = open_decodable(archive, model=model, allow_model_urls=allow_model_urls)
         try:  # the archive keeps this codec for every decode
             self.archive.codec(device=device, max_batch=max(16, max_batch_size))
         except Exception:  # noqa: BLE001 - archive_codec below raises it with the archive and model named

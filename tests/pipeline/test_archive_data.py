@@ -61,7 +61,7 @@ def test_iterable_dataset_two_workers_two_ranks_every_id_once_per_epoch(archive)
 
 def test_map_dataset_with_workers_and_latents(archive):
     from latentzip.data import ArchiveDataset
-    from latentzip.pipeline.archive import open_archive
+    from latentzip.pipeline.decoding import open_archive
 
     expected = _expected(archive)
     dataset = ArchiveDataset(archive, return_ids=True)
