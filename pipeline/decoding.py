@@ -123,7 +123,8 @@ def _allowed(ref: str, prefixes) -> bool:
 _BOUND: "weakref.WeakKeyDictionary[Archive, DecodableArchive]" = weakref.WeakKeyDictionary()
 
 
-def _archive(archive, model: str | None = None, allow_model_urls=()) -> DecodableArchive:
+def decodable(archive, model: str | None = None, allow_model_urls=()) -> DecodableArchive:
+    """``archive`` (a path, a storage-only :class:`Archive` or a :class:`DecodableArchive`) bound to its model."""
     if isinstance(archive, DecodableArchive):
         return archive
     if isinstance(archive, Archive):  # opened for storage only: bound to its model once, here
@@ -142,7 +143,7 @@ def verify_with_model(path, decode_sample: int = 0, seed: int = 0, model: str | 
     import random
 
     try:
-        archive = _archive(path, model, allow_model_urls)
+        archive = decodable(path, model, allow_model_urls)
     except ArchiveCorruptError:
         return verify_archive(path)  # reports why it cannot be opened
     report = verify_archive(archive)
@@ -164,7 +165,7 @@ def verify_with_model(path, decode_sample: int = 0, seed: int = 0, model: str | 
 def archive_codec(archive, item_id: str, what: str | None = None):
     """The archive's own codec, or ModelUnavailableError naming ``item_id`` (or ``what``: several ids)."""
     try:
-        return archive.codec()
+        return decodable(archive).codec()  # a storage-only Archive is bound to its model here
     except Exception as exc:  # noqa: BLE001 - any failure to load is "model not available", with the cause
         what = what or repr(item_id)
         raise ModelUnavailableError(item_id, f"cannot decode {what} from {archive.path}: the model named in its "
@@ -174,7 +175,7 @@ def archive_codec(archive, item_id: str, what: str | None = None):
 
 def decode_image(archive, item_id: str) -> Image.Image:
     """One id as an 8-bit RGB PIL image, reading only that id's bytes."""
-    archive = _archive(archive)
+    archive = decodable(archive)
     item = archive.item(item_id)  # ItemNotFoundError / ItemCorruptError, both naming the id
     codec = archive_codec(archive, item_id)
     try:
@@ -212,7 +213,7 @@ def parse_range(text: str) -> slice:
 def select_ids(archive, ids: list[str] | None = None, positions: slice | None = None) -> list[str]:
     """The ids to decode: ``ids`` (duplicates dropped, each checked), else ``positions`` of the archive's
     ids in commit order, else all of them (raises for a damaged listing: :func:`listed_ids` records it)."""
-    archive = _archive(archive)
+    archive = decodable(archive)
     if ids is not None:
         wanted = list(dict.fromkeys(ids))
         for item_id in wanted:
@@ -224,7 +225,7 @@ def select_ids(archive, ids: list[str] | None = None, positions: slice | None = 
 def listed_ids(archive, positions: slice | None = None) -> tuple[list[str], dict[str, str]]:
     """(``positions`` of the archive's ids in commit order, or all, each once; what could not be listed:
     damaged segments and rows, by id or ``<segment N ...>``). Never raises for a damaged archive."""
-    listed, problems = _archive(archive).listing()
+    listed, problems = decodable(archive).listing()
     listed = list(dict.fromkeys(listed))
     return (listed if positions is None else listed[positions]), problems
 
@@ -271,7 +272,7 @@ class DecodeStage:
     archive and codec opened per actor)."""
 
     def __init__(self, archive, out_dir: str | None, model: str | None = None, allow_model_urls=()):
-        self.archive = _archive(archive, model, allow_model_urls)
+        self.archive = decodable(archive, model, allow_model_urls)
         self.out_dir = None if out_dir is None else Path(out_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -324,7 +325,7 @@ def decode_archive(archive: str | Path, out: str | Path, ids: list[str] | None =
     started = time.perf_counter()
     out = Path(out)
     check_output(out, format)
-    reader = _archive(archive, model, allow_model_urls)
+    reader = decodable(archive, model, allow_model_urls)
     if ids is not None:
         wanted, failures = select_ids(reader, ids), {}
     else:

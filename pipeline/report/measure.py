@@ -85,7 +85,10 @@ def _spec(codec, ref: str) -> LearnedSpec:
 
 def learned_spec(archive) -> LearnedSpec:
     """Name, resolvable reference, id and lambda of the model that wrote ``archive``."""
-    return _spec(archive.codec(), str(archive.meta["model_ref"]))  # codec() verifies the archive's model id
+    from latentzip.pipeline.decoding import decodable
+
+    # codec() verifies the archive's model id
+    return _spec(decodable(archive).codec(), str(archive.meta["model_ref"]))
 
 
 def model_spec(ref: str) -> LearnedSpec:

@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
+from latentzip.pipeline.archive import FORMAT_VERSION
+
 TOKEN = "s3cret-token"
 IDS = ("plain.png", "folder/sub/img.png", "ünïcødé/fîlé 1.png", "extra.jpg")
 BROKEN = "broken.png"
@@ -132,7 +134,7 @@ def test_ids_and_info(server, archive):
     listing = json.loads(body)
     assert status == 200 and listing["ids"] == list(IDS[1:3]) and listing["total"] == len(IDS) + 1
     info = json.loads(get(f"{server}/info")[2])
-    assert info["count"] == len(IDS) + 1 and info["format_version"] == 3 and info["model_id"]
+    assert info["count"] == len(IDS) + 1 and info["format_version"] == FORMAT_VERSION and info["model_id"]
     assert info["server"]["max_batch_size"] == 8
 
 
