@@ -169,7 +169,7 @@ def test_submit_encode_then_a_failing_job(cluster, cache_dir, tiny_codec_dir, sa
     assert report.ok, report.describe()
     # The job ran the shipped wheel: Ray pip-installed it into the job's py_modules directory.
     installed = [path for path in cluster["temp_dir"].rglob("submission.py") if "py_modules_files" in path.parts]
-    assert installed and installed[0].parent.name == "pipeline" and installed[0].parent.parent.name == "latentzip"
+    assert installed and installed[0].parent.name == "jobs" and installed[0].parent.parent.name == "latentzip"
     opened = open_archive(archive)
     assert sorted(opened.ids) == ["p0.png", "p1.png", "p2.png"]
     assert opened.decode("p1.png").size == sample_images[1].size
