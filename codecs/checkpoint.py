@@ -118,6 +118,18 @@ def export_codec(model: ScaleHyperprior, directory: str | Path, card: dict | Non
     return mid
 
 
+def _checked_weights(directory: Path, document: dict, config):
+    """The folder's weights read into a model of ``config`` (validation.py) and shown to be the ones its
+    model id names: (model, state, weights path). Shared by the codec and the VAE loaders."""
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
+    model, state = read_weights(weights, config)
+    if model_id(config, state).hex() != document["model_id"]:
+        raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
+    return model, state, weights
+
+
 def load_model(directory: str | Path, entropy_params: str | None = None) -> tuple[ScaleHyperprior, dict]:
     """Load a codec directory written by :func:`export_codec`. Returns ``(model in eval mode, card)``.
 
@@ -133,12 +145,7 @@ def load_model(directory: str | Path, entropy_params: str | None = None) -> tupl
                               f"writes no bitstreams (it samples, interpolates and scores; see load_vae)")
     if entropy_params not in (None, "integer", "float"):
         raise ValueError(f"entropy_params must be 'integer' or 'float', got {entropy_params!r}")
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
-    model, state = read_weights(weights, config)
-    if model_id(config, state).hex() != document["model_id"]:
-        raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
+    model, state, weights = _checked_weights(directory, document, config)
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as exc:  # what validation lets through should load; said if not
@@ -169,12 +176,7 @@ def load_vae(directory: str | Path) -> tuple[GaussianVAE, dict]:
     config = check_config(document["config"], str(directory / CONFIG_FILE))
     if not isinstance(config, GaussianVAEConfig):
         raise CheckpointError(f"{directory} holds a {config.arch} codec, not a generative VAE")
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
-    model, state = read_weights(weights, config)
-    if model_id(config, state).hex() != document["model_id"]:
-        raise CheckpointError(f"weights in {weights} do not match model id {document['model_id']}")
+    model, state, weights = _checked_weights(directory, document, config)
     model.load_state_dict(state)
     return model.eval(), document
 

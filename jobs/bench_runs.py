@@ -160,7 +160,8 @@ def anomaly(args) -> int:
 
 
 def vae_anomaly(args) -> int:
-    from latentzip.pipeline.bench.digits import vae_anomaly_benchmark, write_result
+    from latentzip.pipeline.bench.anomaly import write_result
+    from latentzip.pipeline.bench.digits import vae_anomaly_benchmark
 
     try:
         if args.out.suffix not in (".json", ".md"):
@@ -175,7 +176,8 @@ def vae_anomaly(args) -> int:
 
 
 def digits(args) -> int:
-    from latentzip.pipeline.bench.digits import digits_benchmark, write_result
+    from latentzip.pipeline.bench.anomaly import write_result
+    from latentzip.pipeline.bench.digits import digits_benchmark
 
     try:
         if args.out.suffix not in (".json", ".md"):

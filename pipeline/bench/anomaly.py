@@ -183,10 +183,15 @@ def anomaly_benchmark(model_ref: str, normal_dir: str | Path = DEFAULT_NORMAL, m
 
 
 def write_anomaly(result: AnomalyBenchmark, path: str | Path) -> Path:
+    return write_result(result, path, "Anomaly benchmark")
+
+
+def write_result(result, path: str | Path, title: str) -> Path:
+    """``result`` as JSON (``.json``) or as Markdown under ``title``: the anomaly and digits benchmarks' file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
         path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     else:
-        path.write_text(f"# Anomaly benchmark\n\n{result.table()}\n")
+        path.write_text(f"# {title}\n\n{result.table()}\n")
     return path

@@ -18,7 +18,6 @@ of the 8 x 8 image, the photo bench's baseline). AUROC (ties half) and precision
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -219,11 +218,3 @@ def vae_anomaly_benchmark(model_ref: str, recall: float = 0.9, seed: int = 0) ->
     return VAEAnomalyBenchmark(str(model_ref), card["model_id"], recall, counts, metrics)
 
 
-def write_result(result, path: str | Path, title: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    else:
-        path.write_text(f"# {title}\n\n{result.table()}\n")
-    return path
