@@ -60,13 +60,34 @@ class _Tables:
 
     @classmethod
     def of(cls, model: EntropyModel) -> "_Tables":
+        """The model's tables as the coder takes them, checked; built once per state of the model's buffers
+        (rebuilt and checked again when one is replaced or changed in place)."""
+        buffers = [model._quantized_cdf, model._cdf_length, model._offset]
+        cached = getattr(model, "_latentzip_tables", None)
+        if cached is not None and unchanged(buffers, cached[0]):
+            return cached[1]
         model._check_cdf_size()
         model._check_cdf_length()
         model._check_offsets_size()
         require_usable(model)
         cdf_length = model._cdf_length.reshape(-1).to("cpu", torch.int64)
         offset = model._offset.reshape(-1).to("cpu", torch.int64)
-        return cls(model._quantized_cdf.tolist(), cdf_length, offset, cdf_length.tolist(), offset.tolist())
+        # Each row cut to its length: the coder reads no entry past it (an escape reads the last one).
+        lengths = cdf_length.tolist()
+        rows = [row[:n] for row, n in zip(model._quantized_cdf.tolist(), lengths)]
+        tables = cls(rows, cdf_length, offset, lengths, offset.tolist())
+        model._latentzip_tables = ([(t.detach(), t._version) for t in buffers], tables)
+        return tables
+
+    def coder_arguments(self, indexes: torch.Tensor) -> tuple[list, list, list, list]:
+        """``(indexes, cdfs, cdf_lengths, offsets)`` for the C++ coder, holding only the tables ``indexes``
+        (a flat int64 tensor) names, renumbered. The coder reads a symbol's table by its index alone, so the
+        strings are the same as with every table; the subset spares converting all of them (about 10^5
+        values for a Gaussian conditional's padded rows) at each call."""
+        used, renumbered = torch.unique(indexes, return_inverse=True)
+        used = used.tolist()
+        return (renumbered.tolist(), [self.cdf[i] for i in used], [self.cdf_length_list[i] for i in used],
+                [self.offset_list[i] for i in used])
 
     def check_indexes(self, indexes: torch.Tensor) -> None:
         """The coder reads ``cdf[index]`` unchecked: every index must name a table."""
@@ -182,7 +203,7 @@ def encode_symbols(model: EntropyModel, symbols: torch.Tensor, indexes: torch.Te
         problem = _check_codable(item_symbols, item_indexes, tables)
         if problem:
             raise ValueError(f"cannot entropy-code these latents: {problem}")
-        strings.append(_encode(model, item_symbols.tolist(), item_indexes.tolist(), tables))
+        strings.append(_encode(model, item_symbols.tolist(), tables.coder_arguments(item_indexes)))
     return strings
 
 
@@ -202,13 +223,12 @@ def decode_symbols(model: EntropyModel, strings: list[bytes], indexes: torch.Ten
         # The encoder writes whole 32-bit words, at least the two of its final state.
         if len(string) < 8 or len(string) % 4:
             raise EntropyStreamError(f"entropy-coded string {i} has {len(string)} bytes, not a whole rANS stream")
-        index_list = item_indexes.tolist()
-        padding = bytes(4 * (_PAD_WORDS_PER_SYMBOL * len(index_list) + _PAD_WORDS_EXTRA))
-        values = model.entropy_coder.decode_with_indexes(
-            string + padding, index_list, tables.cdf, tables.cdf_length_list, tables.offset_list)
+        arguments = tables.coder_arguments(item_indexes)
+        padding = bytes(4 * (_PAD_WORDS_PER_SYMBOL * len(arguments[0]) + _PAD_WORDS_EXTRA))
+        values = model.entropy_coder.decode_with_indexes(string + padding, *arguments)
         symbols = torch.tensor(values, dtype=torch.int64)
         problem = _check_codable(symbols, item_indexes, tables)
-        if problem or _encode(model, values, index_list, tables) != string:
+        if problem or _encode(model, values, arguments) != string:
             raise EntropyStreamError(
                 f"entropy-coded string {i} is not the encoding of what it decodes to "
                 f"({problem or 're-encoding gives other bytes'}): corrupt, mis-paired, or decoded with other "
@@ -218,9 +238,17 @@ def decode_symbols(model: EntropyModel, strings: list[bytes], indexes: torch.Ten
     return out.reshape(indexes.shape).to(indexes.device)
 
 
-def _encode(model: EntropyModel, symbols: list, indexes: list, tables: _Tables) -> bytes:
-    return bytes(model.entropy_coder.encode_with_indexes(
-        symbols, indexes, tables.cdf, tables.cdf_length_list, tables.offset_list))
+def _encode(model: EntropyModel, symbols: list, arguments: tuple[list, list, list, list]) -> bytes:
+    return bytes(model.entropy_coder.encode_with_indexes(symbols, *arguments))
+
+
+def unchanged(tensors: list[torch.Tensor], cached: list[tuple[torch.Tensor, int]]) -> bool:
+    """Whether each tensor still has the storage, layout and in-place version it had when cached. The
+    cached aliases keep those storages alive, so a new tensor cannot reuse one of their addresses."""
+    return len(tensors) == len(cached) and all(
+        t.device == alias.device and t.data_ptr() == alias.data_ptr() and t.shape == alias.shape
+        and t.stride() == alias.stride() and t._version == version
+        for t, (alias, version) in zip(tensors, cached))
 
 
 # -- code lengths: what each symbol costs under the coder's integer tables -----------------------------------

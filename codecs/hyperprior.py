@@ -42,7 +42,7 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import nn
 
-from latentzip.codecs.entropy_coding import decode_symbols, encode_symbols, require_usable
+from latentzip.codecs.entropy_coding import decode_symbols, encode_symbols, require_usable, unchanged
 from latentzip.codecs.integer_prior import BACKEND_LOCK, FixedPointHyperSynthesis, native_cpu_convolutions
 
 ARCHITECTURES = ("scale-hyperprior", "mean-scale-hyperprior")
@@ -209,7 +209,7 @@ class ScaleHyperprior(CompressionModel):
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         sources = [*self.h_s.parameters(), eb.quantiles, eb._offset, eb._cdf_length, gc.scale_table,
                    gc.lower_bound_scale.bound]
-        if self._integer_prior is not None and _unchanged(sources, self._integer_prior[0]):
+        if self._integer_prior is not None and unchanged(sources, self._integer_prior[0]):
             return self._integer_prior[1]
         if eb._offset.numel() == 0 or gc.scale_table.numel() == 0:
             raise ValueError("entropy-coder tables are not built; run update() first")
@@ -346,15 +346,6 @@ def _transform(layers: nn.Sequential, x: torch.Tensor, dtype: torch.dtype | None
             with torch.autocast(x.device.type, dtype=dtype):
                 x = layer(x)
     return x.float()
-
-
-def _unchanged(tensors: list[torch.Tensor], cached: list[tuple[torch.Tensor, int]]) -> bool:
-    """Whether each tensor still has the storage, layout and in-place version it had when cached. The
-    cached aliases keep those storages alive, so a new tensor cannot reuse one of their addresses."""
-    return len(tensors) == len(cached) and all(
-        t.device == alias.device and t.data_ptr() == alias.data_ptr() and t.shape == alias.shape
-        and t.stride() == alias.stride() and t._version == version
-        for t, (alias, version) in zip(tensors, cached))
 
 
 def dequantize(symbols: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:

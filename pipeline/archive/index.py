@@ -68,7 +68,7 @@ def unindexed(archive) -> dict[int, list[int]]:
     if meta["index"]["segments"] >= meta["segments"]:
         return pending
     items = archive.reader("items")
-    for seg in archive.segments()[meta["index"]["segments"] :]:
+    for seg in archive.segments(meta["index"]["segments"]):
         start, n = int(seg[S["row_start"]]), int(seg[S["rows"]])
         if start < 0 or n <= 0:
             continue  # a damaged segment row: verify reports it

@@ -146,10 +146,12 @@ class Archive:
 
         return scan(self, segments)
 
-    def segments(self) -> np.ndarray:
-        """The committed segment records, one row per ``SEGMENT_COLUMNS``."""
+    def segments(self, start: int = 0) -> np.ndarray:
+        """The committed segment records from number ``start`` on, one row per ``SEGMENT_COLUMNS``."""
         count = self.meta["segments"]
-        return self.reader("segments").read(0, count) if count else np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
+        if start >= count:
+            return np.zeros((0, len(SEGMENT_COLUMNS)), np.int64)
+        return self.reader("segments").read(start, count)
 
     def shapes(self) -> dict[str, int]:
         """Lengths of the byte arrays and tables (first axis) from their metadata; a missing array is left

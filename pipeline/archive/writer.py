@@ -206,7 +206,7 @@ class ArchiveWriter(Archive):
         ``INDEX_LAG`` rows wait), growing (rebuilding) the table to keep it at most half full."""
         self._refresh()
         meta_index, committed = self.meta["index"], self.meta["segments"]
-        todo = self.segments()[meta_index["segments"] :]
+        todo = self.segments(meta_index["segments"])  # only the segments after it: a commit reads its own
         if not len(todo) or (not force and todo[:, S["rows"]].sum() < INDEX_LAG):
             return
         keys, rows = self._ok_keys(todo)

@@ -186,3 +186,36 @@ def test_check_tables_accepts_built_tables_and_says_what_is_wrong(models):
     finally:
         bottleneck._quantized_cdf.copy_(saved)
     assert math.isfinite(float(code_lengths(bottleneck, symbols, indexes).sum()))
+
+
+def test_strings_are_the_coders_own_with_every_table(models):
+    """The coder gets only the tables a string uses, each cut to its length: the bytes are those of
+    CompressAI's coder given every padded table, and they decode with it."""
+    _, conditional = models
+    generator = torch.Generator().manual_seed(2)
+    indexes = torch.randint(0, conditional._offset.numel(), (2, 4, 6, 6), generator=generator).to(torch.int32)
+    symbols = torch.round(torch.randn(indexes.shape, generator=generator) * 3).to(torch.int32)
+    strings = encode_symbols(conditional, symbols, indexes)
+    tables = (conditional._quantized_cdf.tolist(), conditional._cdf_length.reshape(-1).tolist(),
+              conditional._offset.reshape(-1).tolist())
+    for i in range(2):
+        flat_symbols, flat_indexes = symbols[i].flatten().tolist(), indexes[i].flatten().tolist()
+        assert bytes(conditional.entropy_coder.encode_with_indexes(flat_symbols, flat_indexes, *tables)) == strings[i]
+        assert conditional.entropy_coder.decode_with_indexes(strings[i], flat_indexes, *tables) == flat_symbols
+
+
+def test_tables_are_checked_again_after_a_change_in_place(models):
+    """The coder's tables are cached per state of the model's buffers: a table changed in place is checked
+    (and refused) at the next call, not coded with the cached copy."""
+    _, conditional = models
+    indexes = torch.zeros((1, 2, 2, 2), dtype=torch.int32)
+    symbols = torch.zeros_like(indexes)
+    assert decode_symbols(conditional, encode_symbols(conditional, symbols, indexes), indexes).eq(0).all()
+    saved = conditional._quantized_cdf.clone()
+    try:
+        conditional._quantized_cdf[0, 0] = 5  # in place: same storage, new version
+        with pytest.raises(ValueError, match="row 0: CDF starts at 5"):
+            encode_symbols(conditional, symbols, indexes)
+    finally:
+        conditional._quantized_cdf.copy_(saved)
+    assert encode_symbols(conditional, symbols, indexes)

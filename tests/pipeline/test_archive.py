@@ -202,6 +202,31 @@ def test_lookup_uses_the_index_not_every_id(tmp_path, codec, tiny_codec_dir):
     assert sum(1 for p in path.rglob("*") if p.is_file()) < 70  # 31 MB of bitstreams: ~32 shards of 1 MiB
 
 
+class SegmentReadsCounted(ArchiveWriter):
+    """A writer that records which segment rows it reads (the start of each read)."""
+
+    reads: list = []
+
+    def segments(self, start: int = 0):
+        self.reads.append((start, self.meta["segments"]))
+        return super().segments(start)
+
+
+def test_a_commit_reads_only_the_segments_the_index_lacks(tmp_path, codec, tiny_codec_dir):
+    """What keeps commit cost flat in the number of units: no commit reads the whole segments table."""
+    path = tmp_path / "a.zarr"
+    new_writer(path, codec, tiny_codec_dir).append(make_items(1), unit="unit-0")
+    writer = SegmentReadsCounted.open_or_create(path, codec.card, str(tiny_codec_dir))
+    for u in range(1, 6):
+        writer.append(make_items(1, start=u), unit=f"unit-{u}")
+    writer.update_index()
+    writer.reads = []
+    writer.append(make_items(1, start=6), unit="unit-6")
+    assert writer.reads and all(start == 6 for start, _ in writer.reads), writer.reads
+    assert [row[0] for row in writer.segments(5)] == [row[0] for row in writer.segments()[5:]]
+    assert len(writer.segments(7)) == 0
+
+
 def test_errors_table(tmp_path, codec, tiny_codec_dir):
     path = tmp_path / "a.zarr"
     writer = new_writer(path, codec, tiny_codec_dir)
