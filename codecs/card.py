@@ -15,6 +15,9 @@ FORMAT = "latentzip-codec"
 FORMAT_VERSION = 1
 #: ``codec.json`` holds a config, a card and the integer prior's plan: kilobytes. Larger is refused unread.
 MAX_CARD_BYTES = 16 * 2**20
+#: The key of ``codec.json`` holding the integer prior's plan and the integer-mode model id
+#: (``checkpoint.integer_prior_entry``).
+PRIOR_KEY = "integer_prior"
 
 
 class CheckpointError(ValueError):

@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latentzip.codecs.bitstream import MODEL_ID_BYTES
-from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE,  # noqa: F401 - re-exported
-                                   CheckpointError, read_card)
+from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, PRIOR_KEY,  # noqa: F401 - re-exported
+                                   WEIGHTS_FILE, CheckpointError, read_card)
 from latentzip.codecs.gaussian_vae import GaussianVAE, GaussianVAEConfig
 from latentzip.codecs.hyperprior import CodecConfig, ScaleHyperprior, build_model
 from latentzip.codecs.integer_prior import FixedPointOverflowError
@@ -38,8 +38,6 @@ from latentzip.codecs.validation import check_config, read_weights
 
 #: The arithmetic every codec loads with unless told otherwise (see docs/determinism.md).
 DEFAULT_ENTROPY_PARAMS = "integer"
-#: The key of ``codec.json`` holding the integer prior's plan (:func:`integer_prior_entry`).
-PRIOR_KEY = "integer_prior"
 
 
 def model_id(config: CodecConfig, state: dict[str, torch.Tensor]) -> bytes:

@@ -200,6 +200,37 @@ def load_learned_codec(name_or_path: str | Path, purpose: str, **options):
     return load_codec(name_or_path, **options)
 
 
+def coding_card(name_or_path: str | Path, purpose: str) -> dict:
+    """The card bitstreams of a learned codec are written under (``model_id`` and ``config`` as
+    ``load_codec(name).card`` has them, in the default integer mode), for a job's driver, which writes no
+    bitstream itself: read from ``codec.json`` alone when it can tell (a local directory whose card holds
+    the integer prior's model id, as every exported codec's does), else from the loaded codec. The weights
+    are loaded and checked where the bitstreams are written; those workers must check that their model id
+    is this one (a card can claim any id)."""
+    from latentzip.codecs.card import PRIOR_KEY, read_card
+
+    name = str(name_or_path)
+    if is_classical(name):
+        raise ValueError(f"{purpose} needs a learned codec, got classical codec {name!r}")
+    refuse_generative(name, purpose)
+    path = codec_directory(name)
+    if isinstance(path, Path):
+        import dataclasses
+
+        from latentzip.codecs.validation import check_config
+
+        document = read_card(path)
+        config = check_config(document["config"], str(path / CONFIG_FILE))
+        if config.entropy_params == "integer":
+            return document
+        entry = document.get(PRIOR_KEY)
+        stored = entry.get("model_id") if isinstance(entry, dict) else None
+        if isinstance(stored, str) and len(stored) == 32 and all(c in "0123456789abcdef" for c in stored):
+            integer = dataclasses.replace(config, entropy_params="integer")
+            return {**document, "config": integer.to_dict(), "model_id": stored}
+    return load_learned_codec(name, purpose).card
+
+
 def load_codec(name_or_path: str | Path, **options):
     """Return a codec with ``encode(PIL.Image) -> bytes`` and ``decode(bytes) -> PIL.Image``.
 

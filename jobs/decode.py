@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from latentzip.codecs.bitstream import BitstreamError
     from latentzip.pipeline.archive import ArchiveError, ItemNotFoundError, is_utf8
-    from latentzip.pipeline.decoding import (DecodeError, decode_archive, decode_to_file, open_archive, output_path,
-                                             parse_range)
+    from latentzip.pipeline.decoding import DecodeError, decode_to_file, open_archive, output_path
+    from latentzip.pipeline.decoding_job import decode_archive, parse_range
 
     try:
         archive = open_archive(args.archive, model=args.model, allow_model_urls=args.allow_model_url)

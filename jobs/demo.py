@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from latentzip.pipeline.decoding import decode_archive
+    from latentzip.pipeline.decoding_job import decode_archive
     from latentzip.pipeline.encoding import encode
     from latentzip.pipeline.cluster import ensure_ray
     from latentzip.pipeline.report.run import report

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from latentzip.codecs.registry import check_codec_name, load_learned_codec
+from latentzip.codecs.registry import check_codec_name, coding_card
 from latentzip.pipeline import storage
 from latentzip.pipeline.archive import ArchiveWriter, Failure, Item, check_archive_location
 from latentzip.pipeline.inputs import DEFAULT_MAX_FILE_BYTES, check_max_file_bytes
@@ -215,8 +215,8 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
     check_codec_name(model_ref)
     check_archive_location(archive)
     all_units, kind = list_units(inputs, files_per_unit)
-    codec = load_learned_codec(model_ref, "encode")
-    writer = ArchiveWriter.open_or_create(archive, codec.card, model_ref)
+    card = coding_card(model_ref, "encode")  # codec.json alone: the workers load (and check) the weights
+    writer = ArchiveWriter.open_or_create(archive, card, model_ref)
     job_id = uuid.uuid4().hex[:12]
     source = ({"shards": [u.name for u in all_units]} if kind == "shards" else
               {"folder": str(inputs), "files": sum(u.rows for u in all_units), "files_per_unit": files_per_unit})
@@ -257,7 +257,7 @@ def encode(inputs: str | Path, archive: str | Path, model_ref: str, batch_size: 
         ds = ray.data.from_items(rows, override_num_blocks=len(todo))
         ds = ds.map_batches(
             EncodeStage,
-            fn_constructor_kwargs={"model_ref": str(model_ref), "device": plan.device,
+            fn_constructor_kwargs={"model_ref": str(model_ref), "model_id": card["model_id"], "device": plan.device,
                                    "max_batch": batch_size, "threads": plan.threads, "precision": precision,
                                    "refine_steps": refine_steps, "max_file_bytes": max_file_bytes,
                                    "follow_symlinks": follow_symlinks},

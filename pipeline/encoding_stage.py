@@ -56,12 +56,16 @@ class EncodeStage:
 
     def __init__(self, model_ref: str, device: str = "cpu", max_batch: int = 16, threads: int | None = None,
                  precision: str = "fp32", refine_steps: int = 0, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 follow_symlinks: bool = False):
+                 follow_symlinks: bool = False, model_id: str | None = None):
         self.refine_steps = refine_steps
         self.max_file_bytes, self.follow_symlinks = max_file_bytes, follow_symlinks
         if threads:
             torch.set_num_threads(threads)
         self.codec = load_codec(model_ref, device=device, max_batch=max_batch)
+        if model_id is not None and self.codec.card["model_id"] != model_id:
+            # The driver took the archive's model id from codec.json; these weights are another model's.
+            raise ValueError(f"{model_ref} loads as model {self.codec.card['model_id']}, but its codec.json "
+                             f"says {model_id}: the card does not match the weights (re-export the codec)")
         if precision == "bf16":
             fast_analysis(self.codec.model)
         self.readers = ThreadPoolExecutor(max_workers=max(1, threads or 1))

@@ -46,7 +46,8 @@ from latentzip.codecs.registry import load_codec, load_learned_codec
 from latentzip.pipeline.cluster import actor_plan
 from latentzip.pipeline import storage
 from latentzip.pipeline.shards import read_originals
-from latentzip.pipeline.sources import resolve
+from latentzip.pipeline import sources
+
 
 METHODS = ("percentile", "robust-z")
 #: MAD of a normal distribution times this is its standard deviation.
@@ -168,34 +169,12 @@ class ScoreSummary:
                 f"{len(self.heatmaps)} heat maps, {self.seconds:.1f} s")
 
 
-def input_rows(location: str | Path) -> tuple[str, list]:
-    """``("shards", [shard paths])`` for ingest output or a shard file, else ``("folder", [{id, source}])``
-    for a folder of image files (its image entries, pipeline/sources.py: ids relative to it, as ingest names them;
-    notes beside them left out) or one image file. Paths or
-    URLs (pipeline/storage.py)."""
-    source = resolve(location)
-    if source.kind == "shards":
-        return "shards", list(source.shards)
-    return "folder", [{"id": item_id, "source": str(source.path(item_id))} for item_id in source.ids]
-
-
 def score_rows(location: str | Path, model_ref: str, groups: int = 4, batch_size: int = 8,
                concurrency: int | None = None, keep_maps: int = 0, progress=print,
                refine_steps: int = 0) -> tuple[list[dict], list[dict]]:
     """Score every image of ``location`` on Ray. Returns (rows without rate maps, the ``keep_maps`` rows of
     highest bpp with their rate maps as ``float32`` arrays under ``"rate_map"``)."""
-    kind, inputs = input_rows(location)
-    if kind == "shards":
-        if storage.is_url(inputs[0]):  # the same fsspec filesystem (credentials, endpoint) as everything else
-            filesystem = storage.arrow_filesystem(inputs[0])[0]
-            ds = ray.data.read_parquet([storage.filesystem(p)[1] for p in inputs], filesystem=filesystem)
-        else:
-            ds = ray.data.read_parquet([str(p) for p in inputs])
-        ds = ds.select_columns(["id", "image", "source"])
-        total = sum(storage.parquet_file(p).metadata.num_rows for p in inputs)
-    else:
-        ds = ray.data.from_items(inputs)
-        total = len(inputs)
+    ds, total = sources.dataset(location)
     plan = actor_plan(concurrency=concurrency)
     ds = ds.map_batches(
         ScoreStage,
@@ -331,7 +310,7 @@ def write_heatmaps(top: list[dict], location: str | Path, folder: Path) -> dict[
     if not top:
         return {}
     folder.mkdir(parents=True, exist_ok=True)
-    kind, _ = input_rows(location)
+    kind, _ = sources.input_rows(location)
     originals = read_originals(location, {r["id"] for r in top}) if kind == "shards" else {}
     vmax = max(float(r["rate_map"].max()) for r in top) or 1.0
     written = {}

@@ -88,6 +88,34 @@ def ids(source: Source) -> list[str]:
     return shard_ids(source) if source.kind == "shards" else source.ids
 
 
+def input_rows(location) -> tuple[str, list]:
+    """``("shards", [shard paths])`` for ingest output or a shard file, else ``("folder", [{id, source}])``
+    for a folder of image files (its image entries: ids relative to it, as ingest names them; notes beside
+    them left out) or one image file. Paths or URLs (pipeline/storage.py)."""
+    source = resolve(location)
+    if source.kind == "shards":
+        return "shards", list(source.shards)
+    return "folder", [{"id": item_id, "source": str(source.path(item_id))} for item_id in source.ids]
+
+
+def dataset(location):
+    """The images of ``location`` as a Ray Data dataset, and its row count: the input of every stage that
+    reads originals (score, report). Rows hold ``id`` and ``source`` and, from shards, the ``image`` bytes
+    (read in parallel by Ray Data's Parquet reader, through the same fsspec filesystem as everything else);
+    a stage reads a folder's files from ``source`` itself, so the driver never holds the images."""
+    import ray
+
+    kind, inputs = input_rows(location)
+    if kind == "folder":
+        return ray.data.from_items(inputs), len(inputs)
+    if storage.is_url(inputs[0]):
+        filesystem = storage.arrow_filesystem(inputs[0])[0]
+        ds = ray.data.read_parquet([storage.filesystem(p)[1] for p in inputs], filesystem=filesystem)
+    else:
+        ds = ray.data.read_parquet([str(p) for p in inputs])
+    return ds.select_columns(["id", "image", "source"]), sum(storage.parquet_file(p).metadata.num_rows for p in inputs)
+
+
 def iter_originals(source: Source, wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
     """(id, original bytes) for the ``wanted`` ids (all when None), one shard or file in memory at a time.
     Files are read as they are (the benchmarks and the report read folders they were given); the jobs that

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from latentzip.pipeline import storage
-from latentzip.pipeline.scoring import CALIBRATION_FILE, ROWS_FILE, Calibration, input_rows
+from latentzip.pipeline.scoring import CALIBRATION_FILE, ROWS_FILE, Calibration
+from latentzip.pipeline.sources import input_rows
 
 SCORE = "neg_elbo_bpp"
 

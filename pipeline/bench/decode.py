@@ -42,7 +42,8 @@ from latentzip.codecs.registry import load_codec
 from latentzip.pipeline.archive import ArchiveWriter, Item
 from latentzip.pipeline.archive.arrays import count_reads
 from latentzip.pipeline.bench.encode import fixed_seed_codec, generate_images
-from latentzip.pipeline.decoding import decode_archive, decode_image, open_archive
+from latentzip.pipeline.decoding import decode_image, open_archive
+from latentzip.pipeline.decoding_job import decode_archive
 from latentzip.pipeline.sources import local_images
 
 SEGMENT = 256

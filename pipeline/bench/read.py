@@ -58,7 +58,8 @@ def bench_read(archive: Path | None = None, model: str = "mean-scale-q3", count:
     from latentzip.pipeline.archive_data import ArchiveDataset
     from latentzip.pipeline.bench.decode import build_archive
     from latentzip.pipeline.bench.encode import generate_images
-    from latentzip.pipeline.decoding import decode_archive, output_path
+    from latentzip.pipeline.decoding import output_path
+    from latentzip.pipeline.decoding_job import decode_archive
 
     torch.set_num_threads(1)
     work = Path(workdir or tempfile.mkdtemp(prefix="latentzip-bench-read-"))

@@ -133,7 +133,8 @@ def bench_serve(archive: Path | None = None, model: str = "mean-scale-q3", count
     from latentzip.pipeline.archive import open_archive
     from latentzip.pipeline.bench.decode import build_archive
     from latentzip.pipeline.bench.encode import generate_images
-    from latentzip.pipeline.decoding import decode_archive, output_path
+    from latentzip.pipeline.decoding import output_path
+    from latentzip.pipeline.decoding_job import decode_archive
     from latentzip.pipeline.serving import start_server
 
     work = Path(workdir or tempfile.mkdtemp(prefix="latentzip-bench-serve-"))

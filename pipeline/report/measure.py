@@ -4,12 +4,14 @@ seconds). The unit of work of the report (pipeline/report/run.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from latentzip.codecs.classical import FORMATS, ClassicalCodec
@@ -135,17 +137,13 @@ def _card_lmbda(document: dict) -> float:
     return math.nan
 
 
-_CODECS: dict[tuple[str, str], object] = {}
-
-
-def _learned_codec(spec: LearnedSpec):
-    key = (spec.ref, spec.model_id)
-    if key not in _CODECS:  # once per process: Ray reuses workers, so the model loads once per worker
-        codec = load_codec(spec.ref, entropy_params=spec.entropy_params)
-        if codec.model_id.hex() != spec.model_id:
-            raise ValueError(f"model {spec.ref!r} has id {codec.model_id.hex()}, the archive needs {spec.model_id}")
-        _CODECS[key] = codec
-    return _CODECS[key]
+def load_learned(spec: LearnedSpec):
+    """The codec of ``spec``, checked to be the model ``spec`` names (an archive's, or the one whose id the
+    driver read)."""
+    codec = load_codec(spec.ref, entropy_params=spec.entropy_params)
+    if codec.model_id.hex() != spec.model_id:
+        raise ValueError(f"model {spec.ref!r} has id {codec.model_id.hex()}, the archive needs {spec.model_id}")
+    return codec
 
 
 def _row(item_id, kind, codec, quality, num_bytes, image, decoded, encode_s, decode_s) -> dict:
@@ -157,8 +155,7 @@ def _row(item_id, kind, codec, quality, num_bytes, image, decoded, encode_s, dec
             "width": image.width, "height": image.height}
 
 
-def _measure_learned(item_id: str, image, spec: LearnedSpec, stored: Item | None) -> dict:
-    codec = _learned_codec(spec)
+def _measure_learned(item_id: str, image, spec: LearnedSpec, codec, stored: Item | None) -> dict:
     encode_s = math.nan
     if stored is None:  # encode on the fly
         started = time.perf_counter()
@@ -174,10 +171,10 @@ def _measure_learned(item_id: str, image, spec: LearnedSpec, stored: Item | None
     return _row(item_id, "learned", spec.name, spec.lmbda, len(data), image, decoded, encode_s, decode_s)
 
 
-def measure_image(item_id: str, original: bytes, learned: list[tuple[LearnedSpec, Item | None]],
+def measure_image(item_id: str, original: bytes, learned: list[tuple[LearnedSpec, object, Item | None]],
                   plan: list[tuple[str, float]]) -> tuple[list[dict], list[dict]]:
-    """Every row of one image: each learned model (its archive's stored bytes, or ``None`` to encode on the
-    fly), then each classical (codec, quality).
+    """Every row of one image: each learned model (spec, codec, and its archive's stored bytes, or ``None``
+    to encode on the fly), then each classical (codec, quality).
 
     Returns ``(rows, errors)``; a failing codec costs only its own rows, recorded as ``{id, codec,
     quality, reason}``.
@@ -193,9 +190,11 @@ def measure_image(item_id: str, original: bytes, learned: list[tuple[LearnedSpec
     except Exception as exc:  # noqa: BLE001 - reported, never fatal for the other images
         fail("original", math.nan, exc)
         return rows, errors
-    for spec, stored in learned:
+    for spec, codec, stored in learned:
         try:
-            rows.append(_measure_learned(item_id, image, spec, stored))
+            if isinstance(stored, BaseException):  # the archive could not give this id's bytes
+                raise stored
+            rows.append(_measure_learned(item_id, image, spec, codec, stored))
         except Exception as exc:  # noqa: BLE001
             fail(spec.name, spec.lmbda, exc)
     for name, quality in plan:
@@ -211,3 +210,46 @@ def measure_image(item_id: str, original: bytes, learned: list[tuple[LearnedSpec
         except Exception as exc:  # noqa: BLE001
             fail(name, quality, exc)
     return rows, errors
+
+
+class MeasureStage:
+    """Ray Data callable class: a batch of originals (``id`` and ``source``, and from shards the ``image``
+    bytes: :func:`latentzip.pipeline.sources.dataset`) -> each image's rows and errors as JSON, one string
+    per image. Loads each learned model once and opens each archive once, per actor; ids outside ``wanted``
+    are passed over. ``archives`` are the paths of the archives of the first ``len(archives)`` specs (the
+    others encode on the fly). Runs without Ray too: ``MeasureStage(...)({"id": ..., "source": ...})``."""
+
+    def __init__(self, learned: list[LearnedSpec], archives: list[str], plan: list[tuple[str, float]],
+                 wanted: list[str] | None = None):
+        from latentzip.pipeline.decoding import open_archive
+
+        self.learned = [(spec, load_learned(spec)) for spec in learned]
+        self.archives = [open_archive(path) for path in archives]
+        self.plan, self.wanted = [tuple(p) for p in plan], None if wanted is None else set(wanted)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from latentzip.pipeline import storage
+
+        ids, rows, errors = [], [], []
+        for i, item_id in enumerate(map(str, batch["id"])):
+            if self.wanted is not None and item_id not in self.wanted:
+                continue
+            try:
+                original = bytes(batch["image"][i]) if "image" in batch else storage.read_bytes(str(batch["source"][i]))
+            except Exception as exc:  # noqa: BLE001 - one unreadable original costs its own rows
+                image_rows, image_errors = [], [{"id": item_id, "codec": "original", "quality": math.nan,
+                                                 "reason": f"{type(exc).__name__}: {exc}"}]
+            else:
+                learned = [(spec, codec, self._stored(k, item_id)) for k, (spec, codec) in enumerate(self.learned)]
+                image_rows, image_errors = measure_image(item_id, original, learned, self.plan)
+            ids.append(item_id), rows.append(json.dumps(image_rows)), errors.append(json.dumps(image_errors))
+        return {"id": np.array(ids, dtype=object), "rows": np.array(rows, dtype=object),
+                "errors": np.array(errors, dtype=object)}
+
+    def _stored(self, k: int, item_id: str):
+        if k >= len(self.archives):
+            return None
+        try:
+            return self.archives[k].item(item_id)
+        except Exception as exc:  # noqa: BLE001 - recorded as that model's failure on this image
+            return exc

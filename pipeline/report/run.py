@@ -25,7 +25,9 @@ report lists which codecs cover the range and which stop at their quality limit.
 
 Distortion is measured against the original after :func:`~latentzip.codecs.images.load_image` (the same
 conversion policy every codec sees): ``psnr_db`` over RGB with peak 255 and ``ms_ssim`` (NaN for images
-with a side under 161 px). Work runs as one Ray task per image when Ray is initialised, else in-process.
+with a side under 161 px). The work is :class:`~latentzip.pipeline.report.measure.MeasureStage` over the
+originals' Ray Data dataset (one image per batch, a pool of actors that load each model once) when Ray is
+initialised, else the same stage in-process.
 
 Outputs in ``out_dir``: ``rows.parquet`` (one row per image, codec and quality: id, kind, codec, quality,
 num_bytes, bpp, psnr_db, ms_ssim, encode_s, decode_s, width, height), ``summary.parquet`` (means per codec
@@ -39,25 +41,27 @@ is defined, ``rd_msssim.png``, ``report.md`` and a self-contained ``report.html`
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import ray
 
 import latentzip
 from latentzip.pipeline.report import html as report_html
 from latentzip.pipeline.decoding import open_archive
 from latentzip.pipeline.report.bdrate import METRICS, MIN_RATE_POINTS, bd_records, bd_table
-from latentzip.pipeline.cluster import cluster_cpus
+from latentzip.pipeline.cluster import actor_plan
 from latentzip.pipeline.report.outputs import (fmt, load_reference, plot_rd, reference_points, write_json,
                                                write_markdown, write_table)
 from latentzip.pipeline.report.sweeps import MAX_EXTEND_ROUNDS, coverage_notes, extend_plan, learned_range
 from latentzip.pipeline import storage
 from latentzip.pipeline import sources
-from latentzip.pipeline.report.measure import (ALL_CLASSICAL, ROW_SCHEMA, assign_series, classical_plan, learned_spec,
-                                               measure_image, model_spec)
+from latentzip.pipeline.report.measure import (ALL_CLASSICAL, ROW_SCHEMA, MeasureStage, assign_series, classical_plan,
+                                               learned_spec, model_spec)
 from latentzip.pipeline.report.summary import BD_SCHEMA, SUMMARY_SCHEMA, curves, summarize
 
 
@@ -94,34 +98,30 @@ def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str
     return sources.iter_originals(sources.resolve(location, "originals"), wanted)
 
 
-_measure_remote = ray.remote(num_cpus=1)(measure_image)
-
-
-def _run(jobs: Iterator[tuple], use_ray: bool) -> Iterator[tuple[list[dict], list[dict]]]:
-    """Results of ``measure_image(*job)``; on Ray with a bounded number of tasks in flight."""
-    if not use_ray:
-        for job in jobs:
-            yield measure_image(*job)
-        return
-    window, pending = max(2, 2 * cluster_cpus()), []
-    for job in jobs:
-        pending.append(_measure_remote.remote(*job))
-        while len(pending) >= window:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
-
-
-def _measure(jobs, total: int, use_ray: bool, progress, what: str) -> tuple[list[dict], list[dict]]:
-    rows, errors = [], []
-    for done, (image_rows, image_errors) in enumerate(_run(jobs, use_ray), 1):
-        rows += image_rows
-        errors += image_errors
-        if progress and (done % 10 == 0 or done == total):
-            progress(f"report: {what}: {done}/{total} images measured ({'Ray' if use_ray else 'in-process'}), "
-                     f"{len(errors)} failures")
+def _measure(originals, wanted: list[str], stage: dict, use_ray: bool, progress, what: str) -> tuple[list[dict], list[dict]]:
+    """Rows and errors of every ``wanted`` original, measured by :class:`MeasureStage` (``stage``: its
+    arguments): over the originals' Ray Data dataset in a pool of actors (:func:`actor_plan`, one image per
+    batch: each costs seconds), or in this process."""
+    stage = {**stage, "wanted": wanted}
+    if use_ray:
+        dataset, _ = sources.dataset(originals)
+        pool = actor_plan(len(wanted), use_gpus=False).actors
+        batches = dataset.map_batches(MeasureStage, fn_constructor_kwargs=stage, batch_size=1, batch_format="numpy",
+                                      compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=1
+                                      ).iter_batches(batch_size=None, batch_format="numpy")
+    else:
+        local = MeasureStage(**stage)
+        batches = (local({"id": np.array([item_id], dtype=object), "image": np.array([data], dtype=object)})
+                   for item_id, data in iter_originals(originals, set(wanted)))
+    rows, errors, done = [], [], 0
+    for batch in batches:
+        for image_rows, image_errors in zip(batch["rows"], batch["errors"]):
+            rows += json.loads(image_rows)
+            errors += json.loads(image_errors)
+            done += 1
+            if progress and (done % 10 == 0 or done == len(wanted)):
+                progress(f"report: {what}: {done}/{len(wanted)} images measured "
+                         f"({'Ray' if use_ray else 'in-process'}), {len(errors)} failures")
     return rows, errors
 
 
@@ -167,10 +167,9 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
         progress(f"report: {len(in_originals) - len(wanted)} originals are missing from an archive and are left "
                  f"out, so every codec is measured on the same images")
     use_ray = use_ray and ray.is_initialized()
-    sources = list(zip(specs, readers + [None] * (len(specs) - len(readers))))
-    jobs = ((item_id, data, [(spec, None if r is None else r.item(item_id)) for spec, r in sources], plan)
-            for item_id, data in iter_originals(originals, set(wanted)))
-    rows, errors = _measure(jobs, len(wanted), use_ray, progress, "first pass")
+    learned = list(zip(specs, readers + [None] * (len(specs) - len(readers))))
+    stage = {"learned": specs, "archives": [str(r.path) for r in readers], "plan": plan}
+    rows, errors = _measure(originals, wanted, stage, use_ray, progress, "first pass")
 
     bpp_range = learned_range(summarize(rows))
     for round_ in range(MAX_EXTEND_ROUNDS if extend_sweeps and bpp_range else 0):
@@ -181,8 +180,8 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
             progress(f"report: sweep round {round_ + 1}: adding {', '.join(f'{n} q{q:g}' for n, q in extra)} "
                      f"to cover {bpp_range[0]:.3f}–{bpp_range[1]:.3f} bpp")
         plan += extra
-        jobs = ((item_id, data, [], extra) for item_id, data in iter_originals(originals, set(wanted)))
-        more_rows, more_errors = _measure(jobs, len(wanted), use_ray, progress, f"sweep round {round_ + 1}")
+        more_rows, more_errors = _measure(originals, wanted, {"learned": [], "archives": [], "plan": extra}, use_ray,
+                                          progress, f"sweep round {round_ + 1}")
         rows, errors = rows + more_rows, errors + more_errors
 
     position = {item_id: i for i, item_id in enumerate(wanted)}
@@ -193,7 +192,7 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
         "learned models": "; ".join(f"{s.model} → series {s.name} (λ {fmt(s.lmbda, 4)}, id `{s.model_id}`, "
                                     f"{'archive' if r else 'encoded on the fly'}"
                                     f"{f', latents refined {s.refine_steps} steps' if s.refine_steps else ''})"
-                                    for s, r in sources) or "none",
+                                    for s, r in learned) or "none",
         "originals": f"`{Path(originals)}`",
         "images": f"{len(wanted)} measured ({len(in_originals) - len(wanted)} originals not in every archive)",
         "classical codecs": ", ".join(dict.fromkeys(n for n, _ in plan)) or "none",

@@ -94,3 +94,47 @@ def test_classical_names_win_over_directories(tmp_path, monkeypatch, tiny_codec_
     monkeypatch.chdir(tmp_path)
     assert isinstance(load_codec("jpeg"), ClassicalCodec)
     assert isinstance(load_codec("./jpeg"), LearnedCodec)
+
+
+@pytest.mark.parametrize("name", ["mean-scale-q2", "mean-scale-q5"])
+def test_coding_card_from_codec_json_is_the_loaded_codecs_card(name):
+    """A job's driver reads the archive's model id and config from codec.json alone: they are what the
+    loaded codec writes bitstreams under."""
+    from latentzip.codecs.registry import coding_card, load_codec
+
+    loaded = load_codec(name).card
+    card = coding_card(name, "encode")
+    assert card["model_id"] == loaded["model_id"] and card["config"] == loaded["config"]
+
+
+def test_coding_card_of_a_tiny_codec_and_of_what_is_no_codec(tiny_codec_dir, tiny_codec_factory):
+    import json
+
+    from latentzip.codecs.registry import NotACodecError, coding_card, load_codec
+
+    for directory in (tiny_codec_dir, tiny_codec_factory(seed=0, arch="mean-scale-hyperprior")):
+        assert coding_card(directory, "encode")["model_id"] == load_codec(directory).card["model_id"]
+    with pytest.raises(ValueError, match="encode needs a learned codec"):
+        coding_card("webp", "encode")
+    with pytest.raises(NotACodecError, match="encode needs an entropy-coded codec"):
+        coding_card("digits-vae", "encode")
+
+
+def test_coding_card_of_a_float_codec_is_its_integer_mode(tmp_path):
+    """A codec exported in float mode is loaded (and writes) in integer mode: the card names that mode's
+    model id, which codec.json records beside the integer prior's plan."""
+    import json
+
+    import torch
+
+    from latentzip.codecs.checkpoint import export_codec
+    from latentzip.codecs.hyperprior import CodecConfig, build_model
+    from latentzip.codecs.registry import coding_card, load_codec
+
+    torch.manual_seed(0)
+    export_codec(build_model(CodecConfig(N=16, M=24, entropy_params="float")), tmp_path / "float")
+    document = json.loads((tmp_path / "float" / "codec.json").read_text())
+    loaded = load_codec(tmp_path / "float").card
+    card = coding_card(tmp_path / "float", "encode")
+    assert card["model_id"] == loaded["model_id"] != document["model_id"]
+    assert card["config"] == loaded["config"] and card["config"]["entropy_params"] == "integer"

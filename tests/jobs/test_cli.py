@@ -81,7 +81,8 @@ def test_decode_several_ids_a_range_and_parquet(encoded, tmp_path, capsys):
     assert decode.main([path, "--range", "1:", "-o", str(tmp_path / "range")]) == 0
     assert sorted(p.name for p in (tmp_path / "range").glob("*.png")) == sorted(i + ".png" for i in archive.ids[1:])
     assert decode.main([path, "--all", "--format", "parquet", "-o", str(tmp_path / "all.parquet")]) == 0
-    from latentzip.pipeline.decoding import decode_array, read_parquet_images
+    from latentzip.pipeline.decoding import decode_array
+    from latentzip.pipeline.decoding_job import read_parquet_images
 
     shard = read_parquet_images(tmp_path / "all.parquet")
     assert sorted(shard) == sorted(archive.ids)

@@ -10,8 +10,9 @@ import zarr
 from PIL import Image
 
 from latentzip.pipeline.archive import ItemCorruptError, ItemNotFoundError
-from latentzip.pipeline.decoding import (DecodeError, ModelUnavailableError, decode_archive, decode_array, open_archive,
-                                         decode_image, output_path, parse_range, read_parquet_images, select_ids)
+from latentzip.pipeline.decoding import (DecodeError, ModelUnavailableError, decode_array, decode_image, open_archive,
+                                         output_path)
+from latentzip.pipeline.decoding_job import decode_archive, parse_range, read_parquet_images, select_ids
 from latentzip.pipeline.encoding import encode
 from latentzip.pipeline.shards import ingest
 

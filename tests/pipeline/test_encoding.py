@@ -367,3 +367,12 @@ def test_encode_summary_labels_both_bpp():
                             seconds=1.0, units=1, bpp_sum=0.08 + 8.0)
     assert summary.mean_bpp == pytest.approx(4.04) and summary.bpp == pytest.approx(1600 / 10100)
     assert "4.0400 bpp mean over images (0.1584 bpp all bytes / all pixels)" in summary.describe()
+
+
+def test_stage_refuses_weights_that_are_not_the_archives_model(tiny_codec_dir):
+    """The driver takes the archive's model id from codec.json; a worker whose weights load as another
+    model refuses to encode rather than write streams the archive would not decode."""
+    card_id = EncodeStage(str(tiny_codec_dir), threads=1).codec.card["model_id"]
+    assert EncodeStage(str(tiny_codec_dir), threads=1, model_id=card_id).codec.card["model_id"] == card_id
+    with pytest.raises(ValueError, match="the card does not match the weights"):
+        EncodeStage(str(tiny_codec_dir), threads=1, model_id="0" * 32)

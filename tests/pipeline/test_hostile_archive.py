@@ -34,8 +34,8 @@ from latentzip.jobs import verify as verify_job
 from latentzip.pipeline import archive as archive_module
 from latentzip.pipeline.archive import (ArchiveError, ArchiveWriter, Failure, Item, ItemCorruptError,
                                         ItemNotFoundError, RemoteModelRefusedError, open_archive)
-from latentzip.pipeline.decoding import (DecodeError, ModelUnavailableError, decode_archive, decode_array,
-                                         output_path)
+from latentzip.pipeline.decoding import DecodeError, ModelUnavailableError, decode_array, output_path
+from latentzip.pipeline.decoding_job import decode_archive
 from latentzip.pipeline.decoding import open_archive as open_decodable
 from latentzip.pipeline.decoding import verify_with_model
 
