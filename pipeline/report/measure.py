@@ -1,6 +1,7 @@
 """One image, measured: every learned model (stored bytes from an archive, or encoded on the fly) and every
 classical codec at every quality, decoded and compared with the original (bpp from bytes, PSNR, MS-SSIM,
-seconds). The unit of work of the report (pipeline/report/run.py)."""
+seconds). The unit of work of the report (pipeline/report/run.py), and :class:`MeasureStage`, the Ray Data
+stage that runs it over the originals (the same callable-class pattern as encode, decode and score)."""
 
 from __future__ import annotations
 
