@@ -56,6 +56,16 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
                              "failures; links to files inside it are always read)")
 
 
+def add_model_options(parser: argparse.ArgumentParser, use: str = "decode") -> None:
+    """``--model`` and ``--allow-model-url``: which model opens an archive (pipeline/decoding.open_archive),
+    for the jobs that decode one (decode, verify, serve). ``use`` says what the model is for in the help."""
+    parser.add_argument("--model", help=f"{use} with this codec (zoo name, directory or URL) instead of the one "
+                                        "the archive names; it must have the archive's model id")
+    parser.add_argument("--allow-model-url", action="append", default=[], metavar="PREFIX",
+                        help="fetch the archive's own remote model_ref if it lies under this URL prefix (repeatable; "
+                             "by default a model URL named by an archive is never fetched)")
+
+
 #: ``latentzip train``'s flag destinations -> TrainConfig fields (the flags that set the config).
 TRAIN_FLAGS = {
     "arch": "arch", "N": "N", "M": "M", "lmbda": "lmbda", "steps": "steps", "batch_size": "batch_size",

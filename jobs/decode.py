@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser, fail
+from latentzip.jobs.arguments import Parser, add_model_options, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output: a .png file for a single --id, else a folder (default ./decoded), or the "
                              ".parquet file with --format parquet (default ./decoded.parquet)")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--model", help="decode with this codec (zoo name, directory or URL) instead of the one the "
-                                        "archive names; it must have the archive's model id")
-    parser.add_argument("--allow-model-url", action="append", default=[], metavar="PREFIX",
-                        help="fetch the archive's own remote model_ref if it lies under this URL prefix (repeatable; "
-                             "by default a model URL named by an archive is never fetched)")
+    add_model_options(parser)
     return parser
 
 

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from latentzip.jobs.arguments import Parser
+from latentzip.jobs.arguments import Parser, add_model_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=float, default=0,
                         help="GPUs per replica (default 0: decode on CPU); the codec then runs on CUDA")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--model", help="decode with this codec (zoo name, directory or URL) instead of the one the "
-                                        "archive names; it must have the archive's model id")
-    parser.add_argument("--allow-model-url", action="append", default=[], metavar="PREFIX",
-                        help="fetch the archive's own remote model_ref if it lies under this URL prefix")
+    add_model_options(parser)
     return parser
 
 

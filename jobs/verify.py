@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from latentzip.jobs.arguments import Parser, fail
+from latentzip.jobs.arguments import Parser, add_model_options, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-sample", type=int, default=0, metavar="N",
                         help="also decode N ids picked at random with the archive's own model (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the decode sample (default 0)")
-    parser.add_argument("--model", help="check and decode with this codec (zoo name, directory or URL) instead of "
-                                        "the one the archive names; it must have the archive's model id")
-    parser.add_argument("--allow-model-url", action="append", default=[], metavar="PREFIX",
-                        help="fetch the archive's own remote model_ref if it lies under this URL prefix (repeatable; "
-                             "by default a model URL named by an archive is never fetched)")
+    add_model_options(parser, "check and decode")
     return parser
 
 
