@@ -116,6 +116,15 @@ def export_codec(model: ScaleHyperprior, directory: str | Path, card: dict | Non
     return mid
 
 
+def check_weights(directory: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless the folder's weights pass every check :func:`load_model` makes
+    of them (validation.py, and the model id) — without building the codec (no coder tables, no integer
+    prior): for a job's driver, before Ray, which takes its card from ``codec.json``."""
+    directory = Path(directory)
+    document = read_card(directory)
+    _checked_weights(directory, document, check_config(document["config"], str(directory / CONFIG_FILE)))
+
+
 def _checked_weights(directory: Path, document: dict, config):
     """The folder's weights read into a model of ``config`` (validation.py) and shown to be the ones its
     model id names: (model, state, weights path). Shared by the codec and the VAE loaders."""

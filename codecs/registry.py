@@ -205,8 +205,9 @@ def coding_card(name_or_path: str | Path, purpose: str) -> dict:
     ``load_codec(name).card`` has them, in the default integer mode), for a job's driver, which writes no
     bitstream itself: read from ``codec.json`` alone when it can tell (a local directory whose card holds
     the integer prior's model id, as every exported codec's does), else from the loaded codec. The weights
-    are loaded and checked where the bitstreams are written; those workers must check that their model id
-    is this one (a card can claim any id)."""
+    file is checked as loading checks it (:func:`~latentzip.codecs.checkpoint.check_weights`), so a damaged
+    folder fails here, but no codec is built; the workers that write the bitstreams load it and must check
+    that their model id is this one (the integer-mode id is the card's word)."""
     from latentzip.codecs.card import PRIOR_KEY, read_card
 
     name = str(name_or_path)
@@ -217,8 +218,10 @@ def coding_card(name_or_path: str | Path, purpose: str) -> dict:
     if isinstance(path, Path):
         import dataclasses
 
+        from latentzip.codecs.checkpoint import check_weights
         from latentzip.codecs.validation import check_config
 
+        check_weights(path)
         document = read_card(path)
         config = check_config(document["config"], str(path / CONFIG_FILE))
         if config.entropy_params == "integer":
