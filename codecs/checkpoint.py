@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from latentzip.codecs.bitstream import MODEL_ID_BYTES
 from latentzip.codecs.card import (CONFIG_FILE, FORMAT, FORMAT_VERSION, PRIOR_KEY,  # noqa: F401 - re-exported
