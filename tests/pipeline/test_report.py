@@ -231,3 +231,26 @@ def test_notes_beside_the_photos_are_not_measured(tmp_path, sample_images):
     (tmp_path / "manifest.tsv").write_text("a.png\tsomewhere\n")
     (tmp_path / "b.jpg.bad").write_bytes(b"not an image")  # an odd file is still measured (and fails)
     assert sorted(original_ids(tmp_path)) == ["a.png", "b.jpg.bad"]
+
+
+def test_a_corrupt_stored_item_costs_its_own_row(archive, shards, tmp_path):
+    """The stage reads each archive's stored bytes itself: an item that fails its checksum is that model's
+    failure on that image, recorded, and every other row is measured."""
+    import zarr
+
+    from latentzip.pipeline.archive import I
+
+    damaged = tmp_path / "a.zarr"
+    shutil.copytree(archive, damaged)
+    row, record = open_archive(damaged)._located("a.png")
+    bitstreams = zarr.open_group(str(damaged), mode="r+")["bitstreams"]
+    offset = int(record[I["offset"]]) + 20
+    bitstreams[offset] = bitstreams[offset] ^ 0xFF
+    result = report(damaged, shards, tmp_path / "out", classical=("jpeg",), qualities={"jpeg": [50]},
+                    use_ray=False, progress=None, extend_sweeps=False)
+    rows = pq.read_table(result.rows_parquet).to_pylist()
+    learned = {r["id"] for r in rows if r["kind"] == "learned"}
+    assert learned == {"sub/b.jpg", "large.png"}
+    assert {r["id"] for r in rows if r["kind"] == "classical"} == {"a.png", "sub/b.jpg", "large.png"}
+    [error] = result.errors
+    assert error["id"] == "a.png" and "ItemCorruptError" in error["reason"], error
