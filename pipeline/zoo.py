@@ -186,7 +186,10 @@ def _generative_card(name: str, document: dict) -> str:
         "| | |", "|---|---|",
         f"| architecture | gaussian-vae (codecs/gaussian_vae.py): latent_dims={config['latent_dims']}, "
         f"width={config['width']}, hidden={config['hidden']}, image_size={config['image_size']}, "
-        f"channels={config['channels']}, {config['decoder']} decoder |",
+        f"channels={config['channels']}, {config['decoder']} decoder"
+        + (f"; two-stage prior (codecs/two_stage.py: a second VAE over the latents, prior_hidden="
+           f"{config.get('prior_hidden')}; samples are z = its decoder(u), u ~ N(0, I))"
+           if config.get("prior") == "two-stage" else "") + " |",
         f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from "
         f"`{Path(str(data.get('source', '?'))).name}` |",
         f"| steps | {card.get('steps', '?')} on {card.get('num_workers', '?')} Ray Train worker(s) |",

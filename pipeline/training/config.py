@@ -57,6 +57,8 @@ class TrainConfig:
     decoder: str = "bernoulli"
     beta: float = 1.0
     kl_warmup: int = 0
+    prior: str = "normal"  # "two-stage": a second VAE over the latents, trained beside (codecs/two_stage.py)
+    prior_hidden: int = 256
 
     def __post_init__(self):
         codec_config = self.codec_config  # validates arch and widths
@@ -103,7 +105,7 @@ class TrainConfig:
             from latentzip.codecs.gaussian_vae import GaussianVAEConfig
 
             return GaussianVAEConfig(self.arch, self.latent_dims, self.width, self.hidden, self.image_size,
-                                     self.channels, self.decoder)
+                                     self.channels, self.decoder, self.prior, self.prior_hidden)
         return CodecConfig(self.arch, self.N, self.M)
 
     def to_dict(self) -> dict:

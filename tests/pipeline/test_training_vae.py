@@ -15,8 +15,11 @@ from latentzip.pipeline.training.config import TrainConfig
 from latentzip.pipeline.training.trainer import train
 
 #: A tiny model on the 8x8 digits and a high learning rate: the -ELBO falls clearly within a few dozen steps.
+#: With the two-stage prior, so that stage 2 trains through DDP beside stage 1 (the normal prior is the
+#: same path without it).
 TINY = dict(arch="gaussian-vae", latent_dims=4, width=8, hidden=32, image_size=8, batch_size=32, lr=3e-3,
-            log_every=10, checkpoint_every=30, num_workers=2, cpus_per_worker=1, seed=0)
+            log_every=10, checkpoint_every=30, num_workers=2, cpus_per_worker=1, seed=0, prior="two-stage",
+            prior_hidden=16)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,7 @@ def test_two_worker_run_lowers_the_elbo(trained):
     assert rows[-1]["neg_elbo_bpp"] < 0.8 * rows[0]["neg_elbo_bpp"], rows
     card = json.loads((Path(result.codec_dir) / "codec.json").read_text())
     assert card["config"]["arch"] == "gaussian-vae" and card["card"]["num_workers"] == 2
+    assert card["config"]["prior"] == "two-stage" and rows[-1]["prior_nats"] < rows[0]["prior_nats"], rows
     assert (out / "ray" / "train").is_dir()  # Ray Train's checkpoints, what a rerun resumes from
 
 
