@@ -172,14 +172,14 @@ class GaussianVAE(nn.Module):
         nll = 0.5 * ((x - torch.sigmoid(logits)) / log_sigma.exp()) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)
         return nll.flatten(1).sum(1)
 
-    def loss(self, x: torch.Tensor, out: dict, beta: float = 1.0) -> dict:
+    def loss(self, x: torch.Tensor, out: dict, beta: float = 1.0, prior_weight: float = 1.0) -> dict:
         """Negative ELBO (with ``beta`` on the KL term) averaged over the batch, and its parts, in nats; with
         the two-stage prior, ``prior`` (stage 2's -ELBO of the posterior means, per image) is added to
-        ``loss`` (it is 0 under the normal prior)."""
+        ``loss`` with weight ``prior_weight`` (it is 0 under the normal prior)."""
         reconstruction = self.reconstruction_nats(x, out["logits"]).mean()
         kl = kl_divergence(out["mu"], out["logvar"]).mean()
         prior = (out["prior"]["reconstruction"] + out["prior"]["kl"]).mean() if "prior" in out else kl.new_zeros(())
-        return {"loss": reconstruction + beta * kl + prior, "reconstruction": reconstruction, "kl": kl,
+        return {"loss": reconstruction + beta * kl + prior_weight * prior, "reconstruction": reconstruction, "kl": kl,
                 "prior": prior}
 
     @torch.no_grad()

@@ -64,6 +64,7 @@ TRAIN_FLAGS = {
     "precision": "precision", "lr_rsqrt_from": "lr_rsqrt_from", "lr_decay_at": "lr_decay_at",
     "latent_dims": "latent_dims", "width": "width", "hidden": "hidden", "image_size": "image_size",
     "decoder": "decoder", "beta": "beta", "kl_warmup": "kl_warmup", "prior": "prior", "prior_hidden": "prior_hidden",
+    "prior_from": "prior_from",
 }
 
 

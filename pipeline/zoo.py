@@ -198,7 +198,9 @@ def _generative_card(name: str, document: dict) -> str:
         f"torch {hardware.get('torch', '?')} |",
         "| recipe | loss -ELBO, " + ", ".join(f"{key} {training[key]}" + (" per worker" if key == "batch_size" else "")
                                              for key in ("beta", "kl_warmup", "lr", "lr_decay_at", "lr_decay",
-                                                         "batch_size") if key in training) + " |",
+                                                         "batch_size") if key in training)
+        + (f", stage 2 from {training['prior_from']:.0%} of the steps" if config.get("prior") == "two-stage"
+           and "prior_from" in training else "") + " |",
     ]
     if runs:
         lines.append("| runs | " + "; ".join(f"steps {run['from_step']}→{run.get('last_step', run['to_step'])} on "

@@ -9,7 +9,8 @@ The loop, Ray Train, DDP, checkpoints and resume are training.py's; this module 
   ``beta_t = beta * min(1, step / kl_warmup)`` (the KL warm-up of Bowman et al. 2016 / Sønderby et al. 2016,
   which keeps the posterior from collapsing onto the prior early on). One Adam optimiser; the learning rate
   follows ``TrainConfig.lr_factor``. With the two-stage prior (codecs/two_stage.py) the loss also holds
-  stage 2's -ELBO of the batch's posterior means (detached), so that both stages train in the same steps;
+  stage 2's -ELBO of the batch's posterior means (detached), from step ``prior_from * steps`` on (weight 0
+  before: stage 2 learns stage 1's settled latents, in the same run);
 - **metrics**: the loss, its terms (``prior_nats``: stage 2's, 0 without it), and ``neg_elbo_bpp``, the
   true bound (beta = 1) in bits per pixel of
   the training batches; validation gives ``val_neg_elbo_bpp`` on whole validation images.
@@ -58,7 +59,7 @@ class VAEObjective:
     """See the module docstring; the interface is training/loop.py's ``HyperpriorObjective``."""
 
     metrics = ("loss", "reconstruction", "kl", "neg_elbo_bpp", "prior")
-    run_settings = ("lr", "lr_decay", "lr_rsqrt_from", "batch_size", "beta", "kl_warmup")
+    run_settings = ("lr", "lr_decay", "lr_rsqrt_from", "batch_size", "beta", "kl_warmup", "prior_from")
 
     @staticmethod
     def build(config) -> GaussianVAE:
@@ -80,7 +81,7 @@ class VAEObjective:
             group["lr"] = config.lr * config.lr_factor(step)
         optimizer.zero_grad(set_to_none=True)
         out = model(x)  # through DDP: its gradients are averaged over the workers
-        terms = module.loss(x, out, beta_at(config, step))
+        terms = module.loss(x, out, beta_at(config, step), prior_weight=float(step > config.prior_from * config.steps))
         terms["loss"].backward()
         optimizer.step()
         pixels = x.shape[-1] * x.shape[-2]

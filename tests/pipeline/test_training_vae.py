@@ -93,3 +93,24 @@ def test_commands_that_need_bitstreams_refuse_it(trained, digits, tmp_path, caps
     with pytest.raises(SystemExit):
         score.main(["--archive", str(tmp_path / "x.zarr"), "--model", codec, "--out", str(tmp_path / "o")])
     assert "no archive of it to score" in capsys.readouterr().err
+
+
+def test_prior_from_is_a_fraction_of_the_steps_and_stage_two_waits_for_it():
+    import torch
+
+    from latentzip.codecs.gaussian_vae import GaussianVAE
+    from latentzip.pipeline.training.vae import VAEObjective
+
+    with pytest.raises(ValueError, match=r"prior_from must be a fraction of the steps in \[0, 1\), got 1.0"):
+        TrainConfig(**{**TINY, "prior_from": 1.0})
+    config = TrainConfig(**{**TINY, "steps": 4, "prior_from": 0.5, "lr": 1e-2})
+    torch.manual_seed(0)
+    module = GaussianVAE(config.codec_config)
+    optimizers = VAEObjective.optimizers(module, config)
+    x = torch.rand(8, 1, 8, 8)
+    stage_two = {k: v.clone() for k, v in module.state_dict().items() if k.startswith("prior.")}
+    for step in (1, 2):  # steps 1-2 of 4: stage 2's weight is 0, its parameters do not move
+        VAEObjective.step(module, module, x, optimizers, config, 1, step)
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in stage_two.items())
+    VAEObjective.step(module, module, x, optimizers, config, 1, 3)
+    assert not torch.equal(module.state_dict()["prior.log_gamma"], stage_two["prior.log_gamma"])
