@@ -9,10 +9,14 @@ turns into an image. Sampling still draws from N(0, I) (``temperature`` scales `
 ``z`` is learned.
 
 Here stage 2 learns from the first stage's posterior means ``mu(x)`` of the training batches, detached (no
-gradient reaches stage 1), trained at each step beside stage 1 (one optimiser, one DDP forward; stage 1
-changes slowly once its learning rate decays, and stage 2 follows it). Its decoder is Gaussian with one
+gradient reaches stage 1), in the same training run once stage 1 has settled (pipeline/training/vae.py:
+``prior_from``; one optimiser, one DDP forward). Its decoder is Gaussian with one
 learned noise scale ``gamma`` (Dai & Wipf's key point: as ``gamma`` falls, stage 2 fits the latents'
-manifold ever more closely). Shapes, for a batch of latents ``z`` (B, L)::
+manifold ever more closely). It helps where the latents are not already Gaussian: a stage 1 with more
+latent dimensions than the data uses (some inactive, the means on a lower-dimensional set). Measured on the
+digits: over 8 latent dimensions (2 inactive) samples confidently classified rose from 74 % to 80 %; over 4
+(all active, means already close to N(0, I)) stage 2 collapsed to its prior (KL near 0, gamma near 1): its
+decoder sent nearly every u to one z, and the samples to one or a few digits. Shapes, for a batch of latents ``z`` (B, L)::
 
     mu_u, logvar_u = encoder(z)               (B, L), (B, L)   q(u|z)
     u              = mu_u + exp(logvar_u/2) e (B, L)

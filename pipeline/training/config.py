@@ -60,8 +60,7 @@ class TrainConfig:
     prior: str = "normal"  # "two-stage": a second VAE over the latents, trained beside (codecs/two_stage.py)
     prior_hidden: int = 256
     # The two-stage prior's stage 2 learns from this fraction of ``steps`` on (before, its loss has weight 0 and
-    # its weights stay as initialised): on stage 1's settled latents. From the first step, it collapses onto
-    # the early, nearly constant latents (its KL at 0, its decoder ignoring u) and stays there.
+    # its weights stay as initialised): on stage 1's settled latents, as Dai & Wipf train it after stage 1.
     prior_from: float = 0.5
 
     def __post_init__(self):
