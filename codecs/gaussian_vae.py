@@ -19,6 +19,13 @@ layers; ``g_s`` mirrors it. The loss is the negative ELBO, ``reconstruction + be
 summed over pixels and latent dimensions and averaged over the batch, in nats. :func:`neg_elbo_bpp` gives
 it per image in bits per pixel (beta = 1: the real bound), the anomaly score.
 
+``prior="two-stage"`` adds the second stage of Dai & Wipf's two-stage VAE (codecs/two_stage.py): a small VAE
+over the latents, trained beside the first on its detached posterior means, whose decoder maps a draw
+``u ~ N(0, I)`` to a ``z`` where the data's latents are (:meth:`GaussianVAE.latent_from_prior`). Samples
+then come from the data's latents instead of the holes between them; the loss gains stage 2's -ELBO
+(``out["prior"]``), which no gradient carries into stage 1. Scores, reconstructions and interpolations are
+stage 1's alone.
+
 Torch only (no ray, no zarr, no CompressAI), like the rest of ``codecs/``.
 """
 
@@ -32,18 +39,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentzip.codecs.two_stage import PRIORS, LatentVAE
+
 ARCH = "gaussian-vae"
 DECODERS = ("bernoulli", "gaussian")
 #: Bounds a config must satisfy (validation.py checks them before a model is built, so that a crafted
 #: codec.json cannot make building the model allocate gigabytes).
 LIMITS = {"latent_dims": (1, 256), "width": (1, 256), "hidden": (1, 2048), "image_size": (4, 64),
-          "channels": (1, 3)}
+          "channels": (1, 3), "prior_hidden": (1, 2048)}
+#: The default of ``prior_hidden``; a config with the ``normal`` prior must leave it so.
+PRIOR_HIDDEN = 256
 
 
 @dataclass(frozen=True)
 class GaussianVAEConfig:
     """Architecture of a Gaussian VAE. ``width`` is the channels of the first convolution (doubled at each
-    later one), ``hidden`` the width of the linear layer between the convolutions and the latent."""
+    later one), ``hidden`` the width of the linear layer between the convolutions and the latent.
+    ``prior``: ``normal`` (z ~ N(0, I)) or ``two-stage`` (z = stage-2 decoder(u), u ~ N(0, I); see the
+    module docstring), with ``prior_hidden`` units in each of stage 2's hidden layers."""
 
     arch: str = ARCH
     latent_dims: int = 16
@@ -52,6 +65,8 @@ class GaussianVAEConfig:
     image_size: int = 16
     channels: int = 1
     decoder: str = "bernoulli"
+    prior: str = "normal"
+    prior_hidden: int = PRIOR_HIDDEN
 
     def __post_init__(self):
         if self.arch != ARCH:
@@ -62,9 +77,19 @@ class GaussianVAEConfig:
                 raise ValueError(f"{key} must be an integer in {low}..{high}, got {value!r:.40}")
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r:.40}; choose one of {', '.join(PRIORS)}")
+        if self.prior == "normal" and self.prior_hidden != PRIOR_HIDDEN:
+            raise ValueError(f"prior_hidden sizes the two-stage prior; the normal prior has none "
+                             f"(got prior_hidden={self.prior_hidden})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields; a ``normal`` prior's (the default, which has no stage 2) are left out, so that the
+        configs and model ids of models from before the option stay what they were."""
+        data = dataclasses.asdict(self)
+        if self.prior == "normal":
+            del data["prior"], data["prior_hidden"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "GaussianVAEConfig":
@@ -111,6 +136,8 @@ class GaussianVAE(nn.Module):
         if config.decoder == "gaussian":
             # One learned noise scale per pixel (log standard deviation), for the Gaussian likelihood.
             self.log_sigma = nn.Parameter(torch.full((C, S, S), -2.0))
+        if config.prior == "two-stage":
+            self.prior = LatentVAE(L, config.prior_hidden)
 
     # -- the VAE ------------------------------------------------------------------------------------------
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,12 +149,20 @@ class GaussianVAE(nn.Module):
         """The decoder's mean image (B, C, S, S) in [0, 1] for latents ``z`` (B, L)."""
         return torch.sigmoid(self.g_s(z))
 
+    def latent_from_prior(self, u: torch.Tensor) -> torch.Tensor:
+        """Stage-1 latents ``z`` (B, L) for draws ``u`` (B, L) of N(0, I): ``u`` itself under the normal
+        prior, stage 2's decoding of it under the two-stage prior."""
+        return self.prior.decode(u) if self.config.prior == "two-stage" else u
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         mu, logvar = self.posterior(x)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
         logits = self.g_s(z)
-        return {"x_hat": torch.sigmoid(logits), "logits": logits, "mu": mu, "logvar": logvar, "z": z}
+        out = {"x_hat": torch.sigmoid(logits), "logits": logits, "mu": mu, "logvar": logvar, "z": z}
+        if self.config.prior == "two-stage":  # stage 2 learns the posterior means; no gradient reaches stage 1
+            out["prior"] = self.prior(mu.detach(), generator)
+        return out
 
     def reconstruction_nats(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``-log p(x|z)`` per image (B,), in nats, summed over pixels."""
@@ -137,17 +172,22 @@ class GaussianVAE(nn.Module):
         nll = 0.5 * ((x - torch.sigmoid(logits)) / log_sigma.exp()) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)
         return nll.flatten(1).sum(1)
 
-    def loss(self, x: torch.Tensor, out: dict, beta: float = 1.0) -> dict:
-        """Negative ELBO (with ``beta`` on the KL term) averaged over the batch, and its parts, in nats."""
+    def loss(self, x: torch.Tensor, out: dict, beta: float = 1.0, prior_weight: float = 1.0) -> dict:
+        """Negative ELBO (with ``beta`` on the KL term) averaged over the batch, and its parts, in nats; with
+        the two-stage prior, ``prior`` (stage 2's -ELBO of the posterior means, per image) is added to
+        ``loss`` with weight ``prior_weight`` (it is 0 under the normal prior)."""
         reconstruction = self.reconstruction_nats(x, out["logits"]).mean()
         kl = kl_divergence(out["mu"], out["logvar"]).mean()
-        return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl}
+        prior = (out["prior"]["reconstruction"] + out["prior"]["kl"]).mean() if "prior" in out else kl.new_zeros(())
+        return {"loss": reconstruction + beta * kl + prior_weight * prior, "reconstruction": reconstruction, "kl": kl,
+                "prior": prior}
 
     @torch.no_grad()
     def sample(self, count: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
-        """``count`` images (count, C, S, S) decoded from ``z ~ N(0, temperature**2 I)``."""
-        z = temperature * torch.randn((count, self.config.latent_dims), generator=generator)
-        return self.synthesize(z.to(self._device()))
+        """``count`` images (count, C, S, S) decoded from ``u ~ N(0, temperature**2 I)`` (``z = u`` under the
+        normal prior, stage 2's decoding of ``u`` under the two-stage one)."""
+        u = temperature * torch.randn((count, self.config.latent_dims), generator=generator)
+        return self.synthesize(self.latent_from_prior(u.to(self._device())))
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -3,13 +3,14 @@
 The counterpart of ``generative.py`` for ``gaussian-vae`` models (codecs/gaussian_vae.py): no entropy
 coder, a global latent ``z`` per image.
 
-- **sample** (:func:`sample_images`): ``z ~ N(0, T**2 I)`` decoded to the decoder's mean image. Sample ``i``
+- **sample** (:func:`sample_images`): ``u ~ N(0, T**2 I)``, mapped to a latent ``z`` by the model's prior
+  (``z = u``, or stage 2's decoder under the two-stage prior), decoded to the decoder's mean image. Sample ``i``
   depends only on ``(seed, i)``, the model and the temperature ``T``, not on how many are drawn.
 - **interpolate** (:func:`interpolate_images`): the posterior means of two images, joined by a straight line
   (``linear``) or a great circle (``spherical``, :func:`~latentzip.codecs.gaussian_vae.slerp`), decoded.
 - **manifold** (:func:`manifold_grid`): for a 2-D latent, the decoded images of a grid of ``z`` placed at
   the quantiles of N(0, 1) on each axis (Kingma & Welling's figure 4), so equal steps of the grid are equal
-  steps of prior mass.
+  steps of prior mass (through the two-stage prior's mapping, if the model has one).
 - **score** (:func:`score_images`): ``-ELBO`` in bits per pixel per image, the anomaly score.
 
 Images are brought to the model's input by one policy (:func:`to_input`): converted to grey (ITU-R 601
@@ -85,7 +86,8 @@ def sample_tensor(model: GaussianVAE, count: int, seed: int = 0, temperature: fl
     """``count`` samples (count, C, S, S) in [0, 1]: the decoder's mean for each drawn ``z``."""
     z = sample_latents(model, count, seed, temperature)
     device = next(model.parameters()).device
-    parts = [model.synthesize(z[i : i + batch].to(device)).cpu() for i in range(0, count, batch)]
+    parts = [model.synthesize(model.latent_from_prior(z[i : i + batch].to(device))).cpu()
+             for i in range(0, count, batch)]
     return torch.cat(parts) if parts else torch.zeros(0, model.config.channels, model.config.image_size,
                                                       model.config.image_size)
 
@@ -122,7 +124,7 @@ def manifold_grid(model: GaussianVAE, steps: int = 16, scale: int = 1, gap: int 
     z = torch.stack([torch.stack([quantiles[col], quantiles[steps - 1 - row]])
                      for row in range(steps) for col in range(steps)])
     device = next(model.parameters()).device
-    return image_grid(to_images(model.synthesize(z.to(device)), scale), steps, gap)
+    return image_grid(to_images(model.synthesize(model.latent_from_prior(z.to(device))), scale), steps, gap)
 
 
 def image_grid(images: list[Image.Image], columns: int, gap: int = 2) -> Image.Image:

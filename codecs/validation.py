@@ -84,8 +84,9 @@ def check_vae_config(data: dict, where: str) -> GaussianVAEConfig:
             raise CheckpointError(f"{where}: config {key} must be an integer, got {value!r:.40}")
         if not low <= value <= high:
             raise CheckpointError(f"{where}: config {key}={value} is outside {low}..{high}")
-    if not isinstance(data.get("decoder", "bernoulli"), str):
-        raise CheckpointError(f"{where}: config decoder must be a string, got {data['decoder']!r:.40}")
+    for key in ("decoder", "prior"):
+        if not isinstance(data.get(key, getattr(GaussianVAEConfig, key)), str):
+            raise CheckpointError(f"{where}: config {key} must be a string, got {data[key]!r:.40}")
     try:
         return GaussianVAEConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
@@ -124,7 +125,8 @@ def read_vae_weights(weights: Path, config: GaussianVAEConfig) -> tuple[Gaussian
 
 def _describe(config: GaussianVAEConfig) -> str:
     return (f"latent_dims={config.latent_dims} width={config.width} hidden={config.hidden} "
-            f"image_size={config.image_size} channels={config.channels} decoder={config.decoder}")
+            f"image_size={config.image_size} channels={config.channels} decoder={config.decoder}"
+            + (f" prior={config.prior} prior_hidden={config.prior_hidden}" if config.prior != "normal" else ""))
 
 
 def _is_table(name: str) -> bool:

@@ -73,7 +73,8 @@ TRAIN_FLAGS = {
     "lr": "lr", "seed": "seed", "validate_every": "validate_every", "max_failures": "max_failures",
     "precision": "precision", "lr_rsqrt_from": "lr_rsqrt_from", "lr_decay_at": "lr_decay_at",
     "latent_dims": "latent_dims", "width": "width", "hidden": "hidden", "image_size": "image_size",
-    "decoder": "decoder", "beta": "beta", "kl_warmup": "kl_warmup",
+    "decoder": "decoder", "beta": "beta", "kl_warmup": "kl_warmup", "prior": "prior", "prior_hidden": "prior_hidden",
+    "prior_from": "prior_from",
 }
 
 

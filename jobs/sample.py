@@ -6,8 +6,9 @@ transform. Writes ``sample-NN.png`` and ``grid.png``. The same seed gives the sa
 scales the prior's spread (0: its mode, the same image for every seed). A compression prior models local
 statistics: expect textures and colour fields, not objects.
 
-A generative VAE (architecture gaussian-vae, e.g. the zoo's digits-vae) draws z ~ N(0, T^2 I) and decodes
-it: new handwritten digits. Its images have the model's own size (--scale enlarges them, nearest neighbour);
+A generative VAE (architecture gaussian-vae, e.g. the zoo's digits-vae) draws u ~ N(0, T^2 I), takes
+z = u (or, with the two-stage prior, z = its second stage's decoding of u) and decodes it: new handwritten
+digits. Its images have the model's own size (--scale enlarges them, nearest neighbour);
 --manifold K, for a model with a 2-D latent (digits-vae-2d), also writes manifold.png, the K x K grid of
 images decoded from z at the N(0, 1) quantiles of each axis.
 """

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--decoder", choices=("bernoulli", "gaussian"), help="likelihood p(x|z) (default bernoulli)")
     vae.add_argument("--beta", type=float, help="weight of the KL term (default 1: the ELBO)")
     vae.add_argument("--kl-warmup", type=int, metavar="STEPS", help="ramp beta up from 0 over these steps (default 0)")
+    vae.add_argument("--prior", choices=("normal", "two-stage"),
+                     help="where samples' latents come from: normal, z ~ N(0, I) (default), or two-stage, a second "
+                          "VAE over the latents trained beside the first (Dai & Wipf 2019), whose decoder maps "
+                          "u ~ N(0, I) to z; samples then avoid the holes between the data's latents")
+    vae.add_argument("--prior-hidden", type=int, help="units in each hidden layer of the two-stage prior (default 256)")
+    vae.add_argument("--prior-from", type=float, metavar="FRACTION",
+                     help="the two-stage prior's second stage trains from this fraction of --steps on, on the "
+                          "first stage's settled latents (default 0.5)")
     parser.add_argument("--max-failures", type=int,
                         help="worker-group restarts from the last checkpoint after a failure (default 0)")
     parser.add_argument("--sweep", metavar="L1,L2,...",

@@ -186,7 +186,10 @@ def _generative_card(name: str, document: dict) -> str:
         "| | |", "|---|---|",
         f"| architecture | gaussian-vae (codecs/gaussian_vae.py): latent_dims={config['latent_dims']}, "
         f"width={config['width']}, hidden={config['hidden']}, image_size={config['image_size']}, "
-        f"channels={config['channels']}, {config['decoder']} decoder |",
+        f"channels={config['channels']}, {config['decoder']} decoder"
+        + (f"; two-stage prior (codecs/two_stage.py: a second VAE over the latents, prior_hidden="
+           f"{config.get('prior_hidden')}; samples are z = its decoder(u), u ~ N(0, I))"
+           if config.get("prior") == "two-stage" else "") + " |",
         f"| data | {data.get('images', '?')} images ({data.get('kind', '?')}) from "
         f"`{Path(str(data.get('source', '?'))).name}` |",
         f"| steps | {card.get('steps', '?')} on {card.get('num_workers', '?')} Ray Train worker(s) |",
@@ -195,7 +198,9 @@ def _generative_card(name: str, document: dict) -> str:
         f"torch {hardware.get('torch', '?')} |",
         "| recipe | loss -ELBO, " + ", ".join(f"{key} {training[key]}" + (" per worker" if key == "batch_size" else "")
                                              for key in ("beta", "kl_warmup", "lr", "lr_decay_at", "lr_decay",
-                                                         "batch_size") if key in training) + " |",
+                                                         "batch_size") if key in training)
+        + (f", stage 2 from {training['prior_from']:.0%} of the steps" if config.get("prior") == "two-stage"
+           and "prior_from" in training else "") + " |",
     ]
     if runs:
         lines.append("| runs | " + "; ".join(f"steps {run['from_step']}→{run.get('last_step', run['to_step'])} on "

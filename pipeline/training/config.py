@@ -57,6 +57,11 @@ class TrainConfig:
     decoder: str = "bernoulli"
     beta: float = 1.0
     kl_warmup: int = 0
+    prior: str = "normal"  # "two-stage": a second VAE over the latents, trained beside (codecs/two_stage.py)
+    prior_hidden: int = 256
+    # The two-stage prior's stage 2 learns from this fraction of ``steps`` on (before, its loss has weight 0 and
+    # its weights stay as initialised): on stage 1's settled latents, as Dai & Wipf train it after stage 1.
+    prior_from: float = 0.5
 
     def __post_init__(self):
         codec_config = self.codec_config  # validates arch and widths
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"gpus_per_worker must be in (0, 1], got {self.gpus_per_worker}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.prior_from < 1:
+            raise ValueError(f"prior_from must be a fraction of the steps in [0, 1), got {self.prior_from}")
         if self.lr_rsqrt_from < 0:
             raise ValueError(f"lr_rsqrt_from must not be negative, got {self.lr_rsqrt_from}")
         if not (self.beta >= 0 and math.isfinite(self.beta)) or self.kl_warmup < 0:
@@ -103,7 +110,7 @@ class TrainConfig:
             from latentzip.codecs.gaussian_vae import GaussianVAEConfig
 
             return GaussianVAEConfig(self.arch, self.latent_dims, self.width, self.hidden, self.image_size,
-                                     self.channels, self.decoder)
+                                     self.channels, self.decoder, self.prior, self.prior_hidden)
         return CodecConfig(self.arch, self.N, self.M)
 
     def to_dict(self) -> dict:

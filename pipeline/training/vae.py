@@ -8,8 +8,11 @@ The loop, Ray Train, DDP, checkpoints and resume are training.py's; this module 
 - **loss**: the negative ELBO, ``reconstruction + beta_t * KL(q(z|x) || N(0, I))`` in nats per image, with
   ``beta_t = beta * min(1, step / kl_warmup)`` (the KL warm-up of Bowman et al. 2016 / Sønderby et al. 2016,
   which keeps the posterior from collapsing onto the prior early on). One Adam optimiser; the learning rate
-  follows ``TrainConfig.lr_factor``;
-- **metrics**: the loss, its two terms, and ``neg_elbo_bpp``, the true bound (beta = 1) in bits per pixel of
+  follows ``TrainConfig.lr_factor``. With the two-stage prior (codecs/two_stage.py) the loss also holds
+  stage 2's -ELBO of the batch's posterior means (detached), from step ``prior_from * steps`` on (weight 0
+  before: stage 2 learns stage 1's settled latents, in the same run);
+- **metrics**: the loss, its terms (``prior_nats``: stage 2's, 0 without it), and ``neg_elbo_bpp``, the
+  true bound (beta = 1) in bits per pixel of
   the training batches; validation gives ``val_neg_elbo_bpp`` on whole validation images.
 """
 
@@ -55,8 +58,8 @@ def beta_at(config, step: int) -> float:
 class VAEObjective:
     """See the module docstring; the interface is training/loop.py's ``HyperpriorObjective``."""
 
-    metrics = ("loss", "reconstruction", "kl", "neg_elbo_bpp")
-    run_settings = ("lr", "lr_decay", "lr_rsqrt_from", "batch_size", "beta", "kl_warmup")
+    metrics = ("loss", "reconstruction", "kl", "neg_elbo_bpp", "prior")
+    run_settings = ("lr", "lr_decay", "lr_rsqrt_from", "batch_size", "beta", "kl_warmup", "prior_from")
 
     @staticmethod
     def build(config) -> GaussianVAE:
@@ -72,25 +75,26 @@ class VAEObjective:
 
     @staticmethod
     def step(model, module: GaussianVAE, x: torch.Tensor, optimizers, config, world: int, step: int) -> torch.Tensor:
-        """One Adam step on the -ELBO (beta warmed up). Returns detached (loss, reconstruction, kl, bpp)."""
+        """One Adam step on the -ELBO (beta warmed up). Returns detached (loss, reconstruction, kl, bpp, prior)."""
         (optimizer,) = optimizers
         for group in optimizer.param_groups:
             group["lr"] = config.lr * config.lr_factor(step)
         optimizer.zero_grad(set_to_none=True)
         out = model(x)  # through DDP: its gradients are averaged over the workers
-        terms = module.loss(x, out, beta_at(config, step))
+        terms = module.loss(x, out, beta_at(config, step), prior_weight=float(step > config.prior_from * config.steps))
         terms["loss"].backward()
         optimizer.step()
         pixels = x.shape[-1] * x.shape[-2]
         bpp = (terms["reconstruction"] + terms["kl"]) / (math.log(2) * pixels)
-        return torch.stack([terms["loss"], terms["reconstruction"], terms["kl"], bpp]).detach()
+        return torch.stack([terms["loss"], terms["reconstruction"], terms["kl"], bpp, terms["prior"]]).detach()
 
     @staticmethod
     def summarise(sums: torch.Tensor, count: int, world: int) -> dict:
         if world > 1:
             torch.distributed.all_reduce(sums)
-        loss, reconstruction, kl, bpp = (sums / (count * world)).tolist()
-        return {"loss": loss, "reconstruction_nats": reconstruction, "kl_nats": kl, "neg_elbo_bpp": bpp}
+        loss, reconstruction, kl, bpp, prior = (sums / (count * world)).tolist()
+        return {"loss": loss, "reconstruction_nats": reconstruction, "kl_nats": kl, "neg_elbo_bpp": bpp,
+                "prior_nats": prior}
 
     @staticmethod
     @torch.no_grad()
@@ -110,5 +114,6 @@ class VAEObjective:
                     else "?")
         line = (f"train gaussian-vae β={config.beta:g}: step {row['step']}/{config.steps} loss {row['loss']:.2f} "
                 f"(recon {row['reconstruction_nats']:.2f} + KL {row['kl_nats']:.2f} nats) "
-                f"-ELBO {row['neg_elbo_bpp']:.4f} bpp {rate:.1f} steps/s ETA {eta_text}")
+                + (f"stage 2 {row['prior_nats']:.2f} nats " if config.prior != "normal" else "")
+                + f"-ELBO {row['neg_elbo_bpp']:.4f} bpp {rate:.1f} steps/s ETA {eta_text}")
         return line + (f" | val -ELBO {row['val_neg_elbo_bpp']:.4f} bpp" if "val_neg_elbo_bpp" in row else "")

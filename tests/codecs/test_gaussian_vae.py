@@ -132,3 +132,63 @@ def test_validation_refuses_bad_configs_before_building_a_model(vae_dir, tmp_pat
 def test_validation_refuses_crafted_weights(vae_dir, tmp_path, edit, message):
     with pytest.raises(CheckpointError, match=message):
         load_vae(_copy(vae_dir, tmp_path, edit_state=edit))
+
+
+# -- the two-stage prior (codecs/two_stage.py) ------------------------------------------------------------
+def test_two_stage_prior_shapes_loss_and_that_no_gradient_reaches_stage_one():
+    model = tiny(prior="two-stage", prior_hidden=8).train()
+    x = torch.rand(3, 1, 16, 16)
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    assert out["prior"]["reconstruction"].shape == out["prior"]["kl"].shape == (3,)
+    assert bool((out["prior"]["kl"] >= 0).all())
+    terms = model.loss(x, out, beta=0.5)
+    assert torch.isclose(terms["loss"], terms["reconstruction"] + 0.5 * terms["kl"] + terms["prior"])
+    terms["prior"].backward()  # stage 2's loss alone: stage 1 gets no gradient from it
+    assert all(p.grad is None for name, p in model.named_parameters() if not name.startswith("prior."))
+    assert model.prior.log_gamma.grad is not None
+    assert model.latent_from_prior(torch.zeros(2, 4)).shape == (2, 4)
+    assert sample_tensor(model.eval(), 5, seed=1).shape == (5, 1, 16, 16)
+    assert manifold_grid(tiny(latent_dims=2, prior="two-stage", prior_hidden=8), steps=3).size == (48, 48)
+    # The normal prior maps u to itself and adds nothing to the loss.
+    plain = tiny()
+    assert float(plain.loss(x, plain(x))["prior"]) == 0.0 and torch.equal(plain.latent_from_prior(x[0, 0]), x[0, 0])
+
+
+def test_two_stage_samples_are_seeded_and_come_through_stage_two():
+    model = tiny(prior="two-stage", prior_hidden=8)
+    a = sample_tensor(model, 4, seed=2)
+    assert torch.equal(a, sample_tensor(model, 4, seed=2)) and not torch.equal(a, sample_tensor(model, 4, seed=3))
+    assert torch.allclose(model.sample(3, torch.Generator().manual_seed(0)),
+                          model.sample(3, torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        model.prior.decoder[-1].bias.fill_(5.0)  # stage 2 decides where z lands
+    assert not torch.allclose(sample_tensor(model, 4, seed=2), a)
+
+
+def test_two_stage_config_validation_and_old_configs_unchanged(tmp_path):
+    with pytest.raises(ValueError, match="unknown prior 'vamp'"):
+        GaussianVAEConfig(**TINY, prior="vamp")
+    with pytest.raises(ValueError, match="prior_hidden sizes the two-stage prior"):
+        GaussianVAEConfig(**TINY, prior_hidden=64)
+    with pytest.raises(ValueError, match="prior_hidden must be an integer in 1..2048"):
+        GaussianVAEConfig(**TINY, prior="two-stage", prior_hidden=0)
+    # A normal-prior config writes no prior keys: ids of models from before the option are unchanged.
+    assert "prior" not in GaussianVAEConfig(**TINY).to_dict()
+    config = GaussianVAEConfig(**TINY, prior="two-stage", prior_hidden=8)
+    assert GaussianVAEConfig.from_dict(config.to_dict()) == config
+    directory = tmp_path / "two-stage"
+    export_codec(tiny(prior="two-stage", prior_hidden=8), directory)
+    model, card = load_vae(directory)
+    assert card["config"]["prior"] == "two-stage" and model.prior.encoder[0].weight.shape == (8, 4)
+    assert torch.equal(sample_tensor(model, 3, seed=0), sample_tensor(tiny(prior="two-stage", prior_hidden=8), 3))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(prior=3), "config prior must be a string"),
+    (lambda c: c.update(prior="two-stage", prior_hidden=10**6), "prior_hidden=1000000 is outside"),
+    # A two-stage config over weights without stage 2:
+    (lambda c: c.update(prior="two-stage"), "prior=two-stage prior_hidden=256: missing prior.decoder.0.bias"),
+])
+def test_validation_refuses_bad_two_stage_configs(vae_dir, tmp_path, edit, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_vae(_copy(vae_dir, tmp_path, edit_config=edit))

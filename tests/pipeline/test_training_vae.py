@@ -15,8 +15,11 @@ from latentzip.pipeline.training.config import TrainConfig
 from latentzip.pipeline.training.trainer import train
 
 #: A tiny model on the 8x8 digits and a high learning rate: the -ELBO falls clearly within a few dozen steps.
+#: With the two-stage prior, so that stage 2 trains through DDP beside stage 1 (the normal prior is the
+#: same path without it).
 TINY = dict(arch="gaussian-vae", latent_dims=4, width=8, hidden=32, image_size=8, batch_size=32, lr=3e-3,
-            log_every=10, checkpoint_every=30, num_workers=2, cpus_per_worker=1, seed=0)
+            log_every=10, checkpoint_every=30, num_workers=2, cpus_per_worker=1, seed=0, prior="two-stage",
+            prior_hidden=16)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,7 @@ def test_two_worker_run_lowers_the_elbo(trained):
     assert rows[-1]["neg_elbo_bpp"] < 0.8 * rows[0]["neg_elbo_bpp"], rows
     card = json.loads((Path(result.codec_dir) / "codec.json").read_text())
     assert card["config"]["arch"] == "gaussian-vae" and card["card"]["num_workers"] == 2
+    assert card["config"]["prior"] == "two-stage" and rows[-1]["prior_nats"] < rows[0]["prior_nats"], rows
     assert (out / "ray" / "train").is_dir()  # Ray Train's checkpoints, what a rerun resumes from
 
 
@@ -89,3 +93,24 @@ def test_commands_that_need_bitstreams_refuse_it(trained, digits, tmp_path, caps
     with pytest.raises(SystemExit):
         score.main(["--archive", str(tmp_path / "x.zarr"), "--model", codec, "--out", str(tmp_path / "o")])
     assert "no archive of it to score" in capsys.readouterr().err
+
+
+def test_prior_from_is_a_fraction_of_the_steps_and_stage_two_waits_for_it():
+    import torch
+
+    from latentzip.codecs.gaussian_vae import GaussianVAE
+    from latentzip.pipeline.training.vae import VAEObjective
+
+    with pytest.raises(ValueError, match=r"prior_from must be a fraction of the steps in \[0, 1\), got 1.0"):
+        TrainConfig(**{**TINY, "prior_from": 1.0})
+    config = TrainConfig(**{**TINY, "steps": 4, "prior_from": 0.5, "lr": 1e-2})
+    torch.manual_seed(0)
+    module = GaussianVAE(config.codec_config)
+    optimizers = VAEObjective.optimizers(module, config)
+    x = torch.rand(8, 1, 8, 8)
+    stage_two = {k: v.clone() for k, v in module.state_dict().items() if k.startswith("prior.")}
+    for step in (1, 2):  # steps 1-2 of 4: stage 2's weight is 0, its parameters do not move
+        VAEObjective.step(module, module, x, optimizers, config, 1, step)
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in stage_two.items())
+    VAEObjective.step(module, module, x, optimizers, config, 1, 3)
+    assert not torch.equal(module.state_dict()["prior.log_gamma"], stage_two["prior.log_gamma"])
