@@ -9,7 +9,8 @@ against every classical codec (needs >= 4 rate points per curve).
 
 Writes DIR/report.html (self-contained: plots embedded), DIR/report.md, DIR/rows.parquet (per image, codec
 and quality), DIR/summary.parquet, DIR/bd.parquet and DIR/bd.json, and the RD plots DIR/rd_psnr.png (and
-DIR/rd_msssim.png for images of at least 161 px). One Ray task per image, unless --no-ray.
+DIR/rd_msssim.png for images of at least 161 px). Measured on Ray (a Ray Data stage, one image per batch)
+when a pass is large enough to pay for it, else in this process; --no-ray: always in this process.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-steps", type=_steps_list, default=[0], metavar="N[,N...]",
                         help="with --model: refine each image's latents for N steps before coding (codecs/refine.py); "
                              "several values give one series each, e.g. 0,200 (default 0: the plain encoder)")
-    parser.add_argument("--no-ray", action="store_true", help="measure in this process instead of Ray tasks")
+    parser.add_argument("--no-ray", action="store_true", help="measure in this process, never on Ray")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     return parser
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_ray:
             ensure_ray(address=args.address)
         result = report(archives, originals, args.out, classical=args.codecs, qualities=args.qualities,
-                        use_ray=not args.no_ray, models=models, series=args.series, references=args.references,
+                        use_ray=False if args.no_ray else None, models=models, series=args.series, references=args.references,
                         extend_sweeps=not args.no_extend, min_points=args.min_points,
                         refine_steps=args.refine_steps)
     except (ValueError, FileNotFoundError) as exc:  # unknown codecs and bad archives are ValueErrors

@@ -27,7 +27,8 @@ Distortion is measured against the original after :func:`~latentzip.codecs.image
 conversion policy every codec sees): ``psnr_db`` over RGB with peak 255 and ``ms_ssim`` (NaN for images
 with a side under 161 px). The work is :class:`~latentzip.pipeline.report.measure.MeasureStage` over the
 originals' Ray Data dataset (one image per batch, a pool of actors that load each model once) when Ray is
-initialised, else the same stage in-process.
+initialised and the pass has at least :data:`RAY_MIN_MEASUREMENTS` measurements (``use_ray=True``: always),
+else the same stage in-process.
 
 Outputs in ``out_dir``: ``rows.parquet`` (one row per image, codec and quality: id, kind, codec, quality,
 num_bytes, bpp, psnr_db, ms_ssim, encode_s, decode_s, width, height), ``summary.parquet`` (means per codec
@@ -98,10 +99,18 @@ def iter_originals(location: str | Path, wanted: set[str]) -> Iterator[tuple[str
     return sources.iter_originals(sources.resolve(location, "originals"), wanted)
 
 
-def _measure(originals, wanted: list[str], stage: dict, use_ray: bool, progress, what: str) -> tuple[list[dict], list[dict]]:
+#: A pass of fewer measurements (images x codec settings) than this runs in this process when Ray is not
+#: asked for outright (``use_ray=None``): starting a Ray Data pipeline and its actors costs ~15 s on the
+#: 2-core development machine, about 50 measurements' worth, and the demo's passes are 6 to 160.
+RAY_MIN_MEASUREMENTS = 200
+
+
+def _measure(originals, wanted: list[str], stage: dict, use_ray: bool | None, progress, what: str) -> tuple[list[dict], list[dict]]:
     """Rows and errors of every ``wanted`` original, measured by :class:`MeasureStage` (``stage``: its
     arguments): over the originals' Ray Data dataset in a pool of actors (:func:`actor_plan`, one image per
-    batch: each costs seconds), or in this process."""
+    batch: each costs seconds), or in this process (``use_ray`` False, or None for a small pass)."""
+    if use_ray is None:
+        use_ray = len(wanted) * (len(stage["learned"]) + len(stage["plan"])) >= RAY_MIN_MEASUREMENTS
     stage = {**stage, "wanted": wanted}
     if use_ray:
         dataset, _ = sources.dataset(originals)
@@ -130,7 +139,7 @@ def _as_list(value) -> list:
 
 
 def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_CLASSICAL,
-           qualities: dict[str, list] | None = None, use_ray: bool = True, progress=print, *, models=(),
+           qualities: dict[str, list] | None = None, use_ray: bool | None = None, progress=print, *, models=(),
            series: str | None = None, references=(), extend_sweeps: bool = True,
            min_points: int = MIN_RATE_POINTS, refine_steps=(0,)) -> ReportResult:
     """Measure learned models (``archives``: one path or several; ``models``: codecs encoding on the fly)
@@ -138,6 +147,9 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
 
     ``refine_steps``: for the models encoded on the fly, one series per setting (0: the plain encoder;
     N > 0: latent refinement of N steps, series ``<name>+refine<N>``).
+
+    ``use_ray``: None (default) measures a pass on Ray when Ray is initialised and the pass is large enough
+    (:data:`RAY_MIN_MEASUREMENTS`), True whenever Ray is initialised, False never.
 
     ``min_points`` (default 4) is the fewest rate points per curve for a BD delta; lower it only for an
     indicative number, which the tables then flag."""
@@ -166,7 +178,7 @@ def report(archives, originals: str | Path, out_dir: str | Path, classical=ALL_C
     if progress and len(wanted) < len(in_originals):
         progress(f"report: {len(in_originals) - len(wanted)} originals are missing from an archive and are left "
                  f"out, so every codec is measured on the same images")
-    use_ray = use_ray and ray.is_initialized()
+    use_ray = use_ray if ray.is_initialized() and use_ray is not False else False
     learned = list(zip(specs, readers + [None] * (len(specs) - len(readers))))
     stage = {"learned": specs, "archives": [str(r.path) for r in readers], "plan": plan}
     rows, errors = _measure(originals, wanted, stage, use_ray, progress, "first pass")

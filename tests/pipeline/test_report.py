@@ -254,3 +254,19 @@ def test_a_corrupt_stored_item_costs_its_own_row(archive, shards, tmp_path):
     assert {r["id"] for r in rows if r["kind"] == "classical"} == {"a.png", "sub/b.jpg", "large.png"}
     [error] = result.errors
     assert error["id"] == "a.png" and "ItemCorruptError" in error["reason"], error
+
+
+def test_small_passes_stay_in_process_unless_ray_is_asked_for(local_ray, archive, shards, tmp_path, monkeypatch):
+    """With Ray running and use_ray=None, a pass goes to Ray only when it has enough measurements to pay
+    for a Ray Data pipeline's start (run.RAY_MIN_MEASUREMENTS)."""
+    from latentzip.pipeline.report import run
+
+    def lines(out):
+        said = []
+        report(archive, shards, tmp_path / out, classical=("jpeg",), qualities={"jpeg": [50]}, progress=said.append,
+               extend_sweeps=False)
+        return " ".join(said)
+
+    assert "(in-process)" in lines("small") and "(Ray)" not in lines("small-again")
+    monkeypatch.setattr(run, "RAY_MIN_MEASUREMENTS", 6)  # 3 images x (1 learned + 1 classical)
+    assert "(Ray)" in lines("large")
