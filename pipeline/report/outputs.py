@@ -160,7 +160,7 @@ CONVENTIONS = (
     f"PSNR is over RGB with peak 255, averaged per image. MS-SSIM is NaN (n/a) for images with a side under "
     f"{MS_SSIM_MIN_SIDE} px; its mean is over the images where it is defined. A learned model's encode time is "
     "only measured when it encodes on the fly (not for archives: encoding happened in the encode job). Times "
-    "are mean seconds per image (one Ray task of one CPU per image, or this process).")
+    "are mean seconds per image (in a Ray Data actor of one CPU, or in this process).")
 BD_CONVENTIONS = (
     "Bjontegaard deltas of each learned model (test) against each classical codec (anchor), from the mean "
     "curves above, with the `bjontegaard` package (PCHIP interpolation, integrated over the overlap of the two "
