@@ -20,6 +20,11 @@ MAX_CARD_BYTES = 16 * 2**20
 PRIOR_KEY = "integer_prior"
 
 
+def is_model_id(value) -> bool:
+    """Whether ``value`` is a model id as a card writes it: 32 lower-case hex digits."""
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 class CheckpointError(ValueError):
     """A codec directory is missing, of an unknown format, or its weights do not match its model id."""
 
@@ -44,7 +49,7 @@ def read_card(directory: str | Path) -> dict:
             f"{path} has codec format version {document.get('format_version')!r:.40}; this latentzip reads {FORMAT_VERSION}"
         )
     model_id = document.get("model_id")
-    if not (isinstance(model_id, str) and len(model_id) == 32 and all(c in "0123456789abcdef" for c in model_id)):
+    if not is_model_id(model_id):
         raise CheckpointError(f"{path}: model_id must be 32 lower-case hex digits, got {model_id!r:.40}")
     if not isinstance(document.get("config"), dict):
         raise CheckpointError(f"{path}: config must be a JSON object")

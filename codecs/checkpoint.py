@@ -116,13 +116,16 @@ def export_codec(model: ScaleHyperprior, directory: str | Path, card: dict | Non
     return mid
 
 
-def check_weights(directory: str | Path) -> None:
-    """Raise :class:`CheckpointError` unless the folder's weights pass every check :func:`load_model` makes
-    of them (validation.py, and the model id) — without building the codec (no coder tables, no integer
-    prior): for a job's driver, before Ray, which takes its card from ``codec.json``."""
+def check_weights(directory: str | Path) -> tuple[dict, CodecConfig | GaussianVAEConfig]:
+    """The folder's card and checked config, raising :class:`CheckpointError` unless its weights pass every
+    check :func:`load_model` makes of them (validation.py, and the model id) — without building the codec
+    (no coder tables, no integer prior): for a job's driver, before Ray, which takes its card from
+    ``codec.json``."""
     directory = Path(directory)
     document = read_card(directory)
-    _checked_weights(directory, document, check_config(document["config"], str(directory / CONFIG_FILE)))
+    config = check_config(document["config"], str(directory / CONFIG_FILE))
+    _checked_weights(directory, document, config)
+    return document, config
 
 
 def _checked_weights(directory: Path, document: dict, config):

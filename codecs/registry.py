@@ -208,7 +208,7 @@ def coding_card(name_or_path: str | Path, purpose: str) -> dict:
     file is checked as loading checks it (:func:`~latentzip.codecs.checkpoint.check_weights`), so a damaged
     folder fails here, but no codec is built; the workers that write the bitstreams load it and must check
     that their model id is this one (the integer-mode id is the card's word)."""
-    from latentzip.codecs.card import PRIOR_KEY, read_card
+    from latentzip.codecs.card import PRIOR_KEY, is_model_id
 
     name = str(name_or_path)
     if is_classical(name):
@@ -219,16 +219,13 @@ def coding_card(name_or_path: str | Path, purpose: str) -> dict:
         import dataclasses
 
         from latentzip.codecs.checkpoint import check_weights
-        from latentzip.codecs.validation import check_config
 
-        check_weights(path)
-        document = read_card(path)
-        config = check_config(document["config"], str(path / CONFIG_FILE))
+        document, config = check_weights(path)
         if config.entropy_params == "integer":
             return document
         entry = document.get(PRIOR_KEY)
         stored = entry.get("model_id") if isinstance(entry, dict) else None
-        if isinstance(stored, str) and len(stored) == 32 and all(c in "0123456789abcdef" for c in stored):
+        if is_model_id(stored):
             integer = dataclasses.replace(config, entropy_params="integer")
             return {**document, "config": integer.to_dict(), "model_id": stored}
     return load_learned_codec(name, purpose).card
